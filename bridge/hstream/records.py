@@ -1,0 +1,212 @@
+"""Record encoding: HStreamRecord, BatchHStreamRecords and BatchedRecord, as HStreamDB stores them.
+
+A RAW record keeps its payload bytes; a JSON record's payload is a serialized
+`google.protobuf.Struct` (not JSON text), as every official client writes it. A batch payload is a
+serialized `BatchHStreamRecords`, compressed as a whole with gzip or zstd when asked.
+
+Records are encoded once (`encode_record`) and framed into a batch later (`frame_records`), so a
+caller can count exact bytes before it decides where a batch ends.
+"""
+
+import enum
+import gzip
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+
+from bridge.hstream._api import FLAG_JSON, FLAG_RAW, pb
+
+
+class Compression(enum.IntEnum):
+    NONE = 0
+    GZIP = 1
+    ZSTD = 2
+
+    @classmethod
+    def parse(cls, name: str) -> "Compression":
+        try:
+            return cls[name.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown compression {name!r}: use none, gzip or zstd") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record to append. `bytes` payloads are RAW records, mappings are JSON records."""
+
+    payload: bytes | Mapping[str, Any]
+    key: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordId:
+    shard_id: int
+    batch_id: int
+    batch_index: int
+
+    def __str__(self) -> str:
+        return f"{self.shard_id}-{self.batch_id}-{self.batch_index}"
+
+    @classmethod
+    def parse(cls, text: str) -> "RecordId":
+        try:
+            shard, batch, index = (int(part) for part in text.split("-"))
+        except ValueError:
+            raise ValueError(f"record id {text!r} is not shardId-batchId-batchIndex") from None
+        return cls(shard, batch, index)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRecord:
+    """A stored record as read back: RAW payloads are bytes, JSON payloads are dicts."""
+
+    id: RecordId
+    payload: bytes | dict[str, Any]
+    key: str
+    attributes: dict[str, str]
+    publish_time: float
+
+    @property
+    def is_json(self) -> bool:
+        return isinstance(self.payload, dict)
+
+
+def struct_bytes(value: Mapping[str, Any]) -> bytes:
+    """A JSON object as the serialized protobuf Struct HStreamDB keeps for JSON records."""
+    message = Struct()
+    message.update(value)
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def encode_raw(payload: bytes, key: str = "", attributes: Mapping[str, str] | None = None) -> bytes:
+    """A serialized HStreamRecord with the RAW flag."""
+    header = pb.HStreamRecordHeader(flag=FLAG_RAW, key=key, attributes=attributes)
+    data: bytes = pb.HStreamRecord(header=header, payload=payload).SerializeToString()
+    return data
+
+
+def encode_json(
+    struct_payload: bytes, key: str = "", attributes: Mapping[str, str] | None = None
+) -> bytes:
+    """A serialized HStreamRecord with the JSON flag; the payload is already a serialized Struct."""
+    header = pb.HStreamRecordHeader(flag=FLAG_JSON, key=key, attributes=attributes)
+    data: bytes = pb.HStreamRecord(header=header, payload=struct_payload).SerializeToString()
+    return data
+
+
+def encode_record(record: Record) -> bytes:
+    if isinstance(record.payload, bytes | bytearray | memoryview):
+        return encode_raw(bytes(record.payload), record.key, record.attributes)
+    return encode_json(struct_bytes(record.payload), record.key, record.attributes)
+
+
+def _length_prefix(length: int) -> bytes:
+    out = bytearray(b"\x0a")
+    while length > 0x7F:
+        out.append((length & 0x7F) | 0x80)
+        length >>= 7
+    out.append(length)
+    return bytes(out)
+
+
+_PREFIXES = [_length_prefix(n) for n in range(1 << 14)]
+
+
+def framed_size(encoded_record: bytes) -> int:
+    """Bytes one encoded record takes inside a BatchHStreamRecords."""
+    n = len(encoded_record)
+    return n + (len(_PREFIXES[n]) if n < len(_PREFIXES) else len(_length_prefix(n)))
+
+
+def frame_records(encoded: Sequence[bytes]) -> bytes:
+    """Serialize a BatchHStreamRecords from records encoded by `encode_*` (no re-encoding)."""
+    prefixes = _PREFIXES
+    limit = len(prefixes)
+    parts: list[bytes] = []
+    append = parts.append
+    for data in encoded:
+        n = len(data)
+        append(prefixes[n] if n < limit else _length_prefix(n))
+        append(data)
+    return b"".join(parts)
+
+
+_ZSTD_COMPRESSOR = zstandard.ZstdCompressor(level=3)
+_ZSTD_DECOMPRESSOR = zstandard.ZstdDecompressor()
+
+
+def compress(data: bytes, compression: Compression) -> bytes:
+    if compression is Compression.NONE:
+        return data
+    if compression is Compression.GZIP:
+        return gzip.compress(data, compresslevel=1)
+    compressed: bytes = _ZSTD_COMPRESSOR.compress(data)
+    return compressed
+
+
+def decompress(data: bytes, compression: int) -> bytes:
+    if compression == Compression.NONE:
+        return data
+    if compression == Compression.GZIP:
+        return gzip.decompress(data)
+    if compression == Compression.ZSTD:
+        # Frames written by streaming compressors may omit the content size.
+        return _ZSTD_DECOMPRESSOR.decompressobj().decompress(data)
+    raise ValueError(f"unknown compression type {compression}")
+
+
+def batched_record(encoded: Sequence[bytes], compression: Compression = Compression.NONE) -> Any:
+    """A `BatchedRecord` message holding already encoded records."""
+    payload = compress(frame_records(encoded), compression)
+    return pb.BatchedRecord(
+        compressionType=int(compression), batchSize=len(encoded), payload=payload
+    )
+
+
+def decode_payload(flag: int, payload: bytes) -> bytes | dict[str, Any]:
+    if flag == FLAG_JSON:
+        message = Struct()
+        message.ParseFromString(payload)
+        value: dict[str, Any] = json_format.MessageToDict(message)
+        return value
+    return payload
+
+
+def decode_records(batch: Any) -> list[Any]:
+    """The `HStreamRecord` messages inside a `BatchedRecord`."""
+    records = pb.BatchHStreamRecords()
+    records.ParseFromString(decompress(batch.payload, batch.compressionType))
+    return list(records.records)
+
+
+def decode_received(record_ids: Sequence[Any], batch: Any) -> list[ReceivedRecord]:
+    """Typed records from a `ReceivedRecord` message's ids and batch."""
+    publish_time = batch.publishTime.seconds + batch.publishTime.nanos / 1e9
+    out: list[ReceivedRecord] = []
+    for rid, record in zip(record_ids, decode_records(batch), strict=True):
+        header = record.header
+        out.append(
+            ReceivedRecord(
+                id=RecordId(rid.shardId, rid.batchId, rid.batchIndex),
+                payload=decode_payload(header.flag, record.payload),
+                key=header.key,
+                attributes=dict(header.attributes),
+                publish_time=publish_time,
+            )
+        )
+    return out
+
+
+def json_object(payload: bytes) -> dict[str, Any]:
+    """Parse a JSON object payload; raises ValueError for anything else."""
+    value = json.loads(payload)
+    if not isinstance(value, dict):
+        raise ValueError(f"JSON payload is a {type(value).__name__}, not an object")
+    return value
