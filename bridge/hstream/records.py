@@ -208,5 +208,5 @@ def json_object(payload: bytes) -> dict[str, Any]:
     """Parse a JSON object payload; raises ValueError for anything else."""
     value = json.loads(payload)
     if not isinstance(value, dict):
-        raise ValueError(f"JSON payload is a {type(value).__name__}, not an object")
+        raise ValueError(f"JSON payload is a {type(value).__name__}, not an object")  # noqa: TRY004
     return value

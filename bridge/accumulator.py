@@ -1,0 +1,264 @@
+"""Batches per (stream, shard), one global byte budget, and the delivery tracking behind PUBACKs.
+
+Design after aiokafka's producer (`message_accumulator.py`): records are added synchronously, in
+the order messages arrive, into the open batch of their stream and shard. A batch closes when it
+holds `batch_max_records` records or `batch_max_bytes` bytes, or when `linger` has passed since its
+first record. The sender (bridge/sender.py) drains closed batches, one append in flight per shard,
+so records of one partition key are stored in arrival order.
+
+A stream's shards are known only after an asynchronous lookup (and maybe a create), so records of
+a stream whose shard map is not known yet wait in that stream's `pending` list, in order.
+
+Every record made from one MQTT message shares one `Delivery`; it resolves when the last of them
+is stored (or parked in the dead-letter stream), and only then may the message be acknowledged.
+
+The byte budget counts every record from `add()` until it is stored; `pressure` reports when it is
+spent, and the service stops reading the MQTT socket until it is back under the low-water mark.
+"""
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from bridge.hstream.shards import ShardMap
+
+
+class Delivery:
+    """Counts the records made from one message; `wait()` resolves when all are stored."""
+
+    __slots__ = ("_future", "_remaining")
+
+    def __init__(self, records: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._remaining = records
+        self._future: asyncio.Future[None] = loop.create_future()
+        if records == 0:
+            self._future.set_result(None)
+
+    def record_done(self) -> None:
+        self._remaining -= 1
+        if self._remaining == 0 and not self._future.done():
+            self._future.set_result(None)
+
+    @property
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self) -> asyncio.Future[None]:
+        return self._future
+
+
+class Item:
+    """One encoded record on its way to a stream."""
+
+    __slots__ = ("data", "delivery", "key", "received_at", "rule_id", "size")
+
+    def __init__(
+        self,
+        data: bytes,
+        key: str,
+        delivery: Delivery | None,
+        received_at: float,
+        rule_id: str,
+    ) -> None:
+        self.data = data
+        self.key = key
+        self.size = len(data)
+        self.delivery = delivery
+        self.received_at = received_at
+        self.rule_id = rule_id
+
+
+class Batch:
+    __slots__ = ("created", "items", "size")
+
+    def __init__(self, created: float) -> None:
+        self.items: list[Item] = []
+        self.size = 0
+        self.created = created
+
+
+class ShardQueue:
+    """The batches of one (stream, shard): at most one open, any number closed and waiting."""
+
+    __slots__ = ("open", "ready", "sending", "shard_id", "stream", "timer")
+
+    def __init__(self, stream: "StreamState", shard_id: int) -> None:
+        self.stream = stream
+        self.shard_id = shard_id
+        self.open: Batch | None = None
+        self.ready: deque[Batch] = deque()
+        self.sending = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def items(self) -> Iterator[Item]:
+        for batch in self.ready:
+            yield from batch.items
+        if self.open is not None:
+            yield from self.open.items
+
+
+class StreamState:
+    __slots__ = ("name", "pending", "resolving", "sending", "shard_map", "shards")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.shard_map: ShardMap | None = None
+        self.pending: list[Item] = []
+        self.shards: dict[int, ShardQueue] = {}
+        self.resolving = False
+        self.sending = 0  # shard queues of this stream with an append in flight
+
+
+class Accumulator:
+    """Holds records until the sender stores them. Not thread-safe: one event loop owns it."""
+
+    def __init__(
+        self,
+        *,
+        batch_max_records: int,
+        batch_max_bytes: int,
+        linger: float,
+        budget_bytes: int,
+        on_ready: Callable[[ShardQueue], None],
+        on_new_stream: Callable[[StreamState], None],
+        on_pressure: Callable[[bool], None] | None = None,
+        low_water: float = 0.5,
+    ) -> None:
+        self.batch_max_records = batch_max_records
+        self.batch_max_bytes = batch_max_bytes
+        self.linger = linger
+        self.budget_bytes = budget_bytes
+        self._low_water_bytes = int(budget_bytes * low_water)
+        self._on_ready = on_ready
+        self._on_new_stream = on_new_stream
+        self._on_pressure = on_pressure
+        self.streams: dict[str, StreamState] = {}
+        self.buffered_bytes = 0
+        self.buffered_records = 0
+        self.under_pressure = False
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- adding -------------------------------------------------------------------------------
+
+    def add(self, stream: str, item: Item) -> None:
+        """Queue one record; never refuses (the caller checks `under_pressure` to stop intake)."""
+        state = self.streams.get(stream)
+        if state is None:
+            state = self.streams[stream] = StreamState(stream)
+            state.resolving = True
+            self._on_new_stream(state)
+        self.buffered_bytes += item.size
+        self.buffered_records += 1
+        self._idle.clear()
+        if state.resolving or state.shard_map is None:
+            state.pending.append(item)
+        else:
+            self._add_to_shard(state, state.shard_map.shard_for(item.key), item)
+        if not self.under_pressure and self.buffered_bytes >= self.budget_bytes:
+            self.under_pressure = True
+            if self._on_pressure is not None:
+                self._on_pressure(True)
+
+    def _add_to_shard(self, state: StreamState, shard_id: int, item: Item) -> None:
+        queue = state.shards.get(shard_id)
+        if queue is None:
+            queue = state.shards[shard_id] = ShardQueue(state, shard_id)
+        batch = queue.open
+        if batch is not None and (
+            batch.size + item.size > self.batch_max_bytes
+            or len(batch.items) >= self.batch_max_records
+        ):
+            self._close(queue)
+            batch = None
+        if batch is None:
+            batch = queue.open = Batch(time.monotonic())
+            if self.linger > 0:
+                queue.timer = self._loop.call_later(self.linger, self._linger_expired, queue, batch)
+        batch.items.append(item)
+        batch.size += item.size
+        if len(batch.items) >= self.batch_max_records or (self.linger <= 0 and not queue.sending):
+            self._close(queue)
+
+    def _linger_expired(self, queue: ShardQueue, batch: Batch) -> None:
+        if queue.open is batch:
+            queue.timer = None
+            self._close(queue)
+
+    def _close(self, queue: ShardQueue) -> None:
+        if queue.timer is not None:
+            queue.timer.cancel()
+            queue.timer = None
+        if queue.open is not None and queue.open.items:
+            queue.ready.append(queue.open)
+        queue.open = None
+        if not queue.sending and not queue.stream.resolving:
+            self._on_ready(queue)
+
+    def close_if_idle(self, queue: ShardQueue) -> None:
+        """With no linger, the open batch goes as soon as the shard's sender is free."""
+        if self.linger <= 0 and not queue.ready and queue.open is not None:
+            self._close(queue)
+
+    def close_all(self) -> None:
+        """Close every open batch now (shutdown flush)."""
+        for state in self.streams.values():
+            for queue in state.shards.values():
+                if queue.open is not None:
+                    self._close(queue)
+
+    # --- shard maps ---------------------------------------------------------------------------
+
+    def take_all(self, state: StreamState) -> list[Item]:
+        """Remove and return every record of a stream not in flight, keeping per-key order.
+
+        Records of one key live in one shard queue in order, and pending records came after
+        all of them, so concatenating the queues and then the pending list keeps that order.
+        """
+        items: list[Item] = []
+        for queue in state.shards.values():
+            if queue.timer is not None:
+                queue.timer.cancel()
+                queue.timer = None
+            items.extend(queue.items())
+            queue.ready.clear()
+            queue.open = None
+        items.extend(state.pending)
+        state.pending = []
+        return items
+
+    def set_shard_map(self, state: StreamState, shard_map: ShardMap) -> None:
+        """Install a stream's (new) shard map and place its waiting records by it."""
+        items = self.take_all(state)
+        state.shard_map = shard_map
+        state.resolving = False
+        live = set(shard_map.shard_ids)
+        state.shards = {
+            sid: queue for sid, queue in state.shards.items() if sid in live or queue.sending
+        }
+        for item in items:
+            self._add_to_shard(state, shard_map.shard_for(item.key), item)
+        for queue in list(state.shards.values()):
+            if queue.ready and not queue.sending:
+                self._on_ready(queue)
+
+    # --- releasing ----------------------------------------------------------------------------
+
+    def release(self, items: list[Item]) -> None:
+        """Forget records that are stored, dead-lettered or given up."""
+        size = 0
+        for item in items:
+            size += item.size
+        self.buffered_bytes -= size
+        self.buffered_records -= len(items)
+        if self.under_pressure and self.buffered_bytes <= self._low_water_bytes:
+            self.under_pressure = False
+            if self._on_pressure is not None:
+                self._on_pressure(False)
+        if self.buffered_records == 0:
+            self._idle.set()
+
+    async def wait_empty(self) -> None:
+        await self._idle.wait()

@@ -1,0 +1,145 @@
+"""Service settings: one pydantic model, filled from flags, then environment, then a TOML file.
+
+Every field `foo_bar` is the flag `--foo-bar`, the environment variable `HSTREAM_BRIDGE_FOO_BAR`
+and the key `foo_bar` in the TOML file given by `--config` (flags win over env, env over file).
+Times are float seconds and sizes are bytes everywhere.
+"""
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "HSTREAM_BRIDGE_"
+
+
+class ConfigFileError(Exception):
+    """The TOML file given by --config cannot be read or parsed."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # MQTT
+    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL, mqtt:// or mqtts://")
+    client_id: str = Field("hstream-bridge", description="MQTT client id; the same id resumes")
+    mqtt_username: str | None = Field(None, description="MQTT user name")
+    mqtt_password: str | None = Field(None, description="MQTT password")
+    mqtt_protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
+    mqtt_keepalive: float = Field(30.0, gt=0, description="MQTT keepalive, seconds")
+    mqtt_session_expiry: float = Field(
+        7200.0, ge=0, description="Seconds the broker keeps the session while the bridge is away"
+    )
+    mqtt_receive_maximum: int = Field(
+        1000, ge=1, le=65535, description="MQTT 5 Receive Maximum: unacked messages in flight"
+    )
+    mqtt_shared_group: str | None = Field(
+        None, description="Subscribe as $share/<group>/<filter> so replicas split the load"
+    )
+    mqtt_ca_file: Path | None = Field(None, description="CA bundle for mqtts://")
+    mqtt_cert_file: Path | None = Field(None, description="Client certificate for mqtts://")
+    mqtt_key_file: Path | None = Field(None, description="Client key for mqtts://")
+    # HStreamDB
+    hstream_url: str | None = Field(
+        None, description="hstream://host:port[,host:port] or hstreams://; omit for embedded store"
+    )
+    hstream_ca_file: Path | None = Field(None, description="CA bundle for hstreams://")
+    hstream_cert_file: Path | None = Field(None, description="Client certificate for hstreams://")
+    hstream_key_file: Path | None = Field(None, description="Client key for hstreams://")
+    store_listen: str | None = Field(
+        None, description="Also serve the embedded store's gRPC API here (embedded mode only)"
+    )
+    # Service
+    api_listen: str = Field("127.0.0.1:8080", description="HTTP API address host:port")
+    api_token: str | None = Field(None, description="Bearer token required by the HTTP API")
+    data_dir: Path = Field(Path("./data"), description="Rules file and embedded store data")
+    dead_letter_stream: str = Field(
+        "bridge_dead_letter", description="Stream that keeps payloads that cannot be stored"
+    )
+    # Pipeline
+    batch_max_records: int = Field(1000, ge=1, description="Records per append at most")
+    batch_max_bytes: int = Field(
+        512 * 1024, ge=1024, le=1 << 20, description="Encoded bytes per append at most"
+    )
+    linger: float = Field(0.005, ge=0, description="Seconds a batch waits to fill before sending")
+    buffer_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Byte budget over all buffered or in-flight records"
+    )
+    max_record_bytes: int = Field(
+        1 << 20, ge=1024, description="Records larger than this go to the dead-letter stream"
+    )
+    compression: Literal["none", "gzip", "zstd"] = Field("none", description="Append compression")
+    append_timeout: float = Field(30.0, gt=0, description="Seconds one append may take")
+    retry_backoff_min: float = Field(0.1, gt=0, description="First retry delay, seconds")
+    retry_backoff_max: float = Field(5.0, gt=0, description="Longest retry delay, seconds")
+    auto_create_streams: bool = Field(True, description="Create missing streams on first use")
+    stream_shards: int = Field(1, ge=1, description="Shard count of streams the bridge creates")
+    stream_replication: int = Field(
+        1, ge=1, description="Replication factor of streams the bridge creates"
+    )
+    qos0_overflow: Literal["drop", "block"] = Field(
+        "drop", description="QoS 0 messages when the buffer is full: drop (counted) or block"
+    )
+    shutdown_timeout: float = Field(
+        10.0, ge=0, description="Seconds to flush buffered records on SIGTERM"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    log_json: bool = Field(False, description="Log JSON lines instead of plain text")
+    rules: list[dict[str, Any]] = Field(
+        default_factory=list, description="Rules from the config file (TOML [[rules]] tables)"
+    )
+
+    @field_validator("dead_letter_stream")
+    @classmethod
+    def _dead_letter_name(cls, value: str) -> str:
+        from bridge.hstream.names import name_problem
+
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.retry_backoff_max < self.retry_backoff_min:
+            raise ValueError("retry_backoff_max must not be below retry_backoff_min")
+        if self.buffer_bytes < self.batch_max_bytes:
+            raise ValueError("buffer_bytes must hold at least one batch (batch_max_bytes)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags come in as init kwargs; the file is passed the same way, below env.
+        file_values = getattr(init_settings, "init_kwargs", {}).pop("_file_values", {})
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"config file {path}: {exc}") from exc
+
+
+def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> Settings:
+    """Settings from explicit flags, the environment and an optional TOML file, in that order."""
+    file_values = read_config_file(config_file) if config_file else {}
+    file_values = {key.replace("-", "_"): value for key, value in file_values.items()}
+    return Settings(**flags, _file_values=file_values)  # type: ignore[call-arg]
