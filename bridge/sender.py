@@ -281,9 +281,7 @@ class Sender:
                 except StreamExists:
                     pass
                 except InvalidName as create_error:
-                    self._reject_stream(
-                        state, deadletter.REASON_INVALID_STREAM_NAME, create_error
-                    )
+                    self._reject_stream(state, deadletter.REASON_INVALID_STREAM_NAME, create_error)
                     return
                 except HStreamError as create_error:
                     if not create_error.retriable:

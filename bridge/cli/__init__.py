@@ -1,0 +1,153 @@
+"""The `hstream-bridge` command: `run`, `store`, and resource commands (streams, subscriptions,
+tail).
+
+`run` has one flag per setting (see bridge/settings.py); a flag given on the command line wins
+over `HSTREAM_BRIDGE_<NAME>` in the environment, which wins over the `--config` TOML file.
+"""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import ValidationError
+
+from bridge import __version__
+from bridge.settings import ConfigFileError, Settings, load_settings
+
+logger = logging.getLogger("bridge")
+
+_SKIP_FLAGS = {"rules"}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        if name in _SKIP_FLAGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or ""
+        annotation = field.annotation
+        if annotation is bool:
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
+        choices = None
+        if get_origin(annotation) is not None and all(
+            isinstance(arg, str) for arg in get_args(annotation)
+        ):
+            choices = list(get_args(annotation))
+        default = field.get_default(call_default_factory=True)
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=argparse.SUPPRESS,
+            choices=choices,
+            metavar=None if choices else name.upper(),
+            help=f"{help_text} (default: {default})",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hstream-bridge", description="MQTT to HStreamDB, at least once."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the bridge")
+    run.add_argument("--config", type=Path, help="TOML file with settings and [[rules]]")
+    _add_setting_flags(run)
+    run.set_defaults(func=_run)
+
+    store = commands.add_parser("store", help="run the embedded HStreamDB-API store on its own")
+    store.add_argument("--listen", default="127.0.0.1:6570", help="gRPC address host:port")
+    store.add_argument("--data-dir", type=Path, default=Path("./data/store"), help="data folder")
+    store.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    store.set_defaults(func=_store)
+
+    from bridge.cli.resources import add_resource_commands
+
+    add_resource_commands(commands)
+    return parser
+
+
+def _settings_from_args(args: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {
+        name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)
+    }
+    return load_settings(flags, args.config)
+
+
+def _format_validation(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"  {where}: {error['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bridge.logs import setup_logging
+
+    try:
+        settings = _settings_from_args(args)
+    except ValidationError as exc:
+        print(_format_validation(exc), file=sys.stderr)
+        return 2
+    except ConfigFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, json=settings.log_json)
+    return asyncio.run(_serve_bridge(settings))
+
+
+async def _serve_bridge(settings: Settings) -> int:
+    from bridge.service import Bridge
+    from rules import RulesFileError
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Bridge(settings) as bridge:
+            await bridge.run(stop)
+    except RulesFileError as exc:
+        logger.error("%s", exc)
+        return 2
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    logger.info("stopped")
+    return 0
+
+
+def _store(args: argparse.Namespace) -> int:
+    from bridge.hstream.store import serve
+    from bridge.logs import setup_logging
+
+    setup_logging(args.log_level)
+    asyncio.run(serve(args.listen, args.data_dir))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result = args.func(args)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

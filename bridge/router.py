@@ -1,0 +1,105 @@
+"""Turns one MQTT message into the encoded records its matching rules make.
+
+The rules package decides which rules match and renders stream names and keys; this module adds
+what is specific to HStreamDB: the record encoding (RAW bytes or a JSON object as a protobuf
+Struct), the MQTT attributes every record carries, and the dead letters for payloads that can
+never be stored (invalid JSON for a json rule, a stream name HStreamDB would refuse, a record over
+the size limit).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bridge import deadletter
+from bridge.hstream.records import encode_json, encode_raw, json_object, struct_bytes
+from bridge.mqtt import Message
+from rules import Matcher, Route
+
+ATTR_TOPIC = "mqtt.topic"
+ATTR_QOS = "mqtt.qos"
+ATTR_RETAIN = "mqtt.retain"
+ATTR_USER_PREFIX = "mqtt.user."
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record for one stream. `reason` is set for a dead letter (then `stream` is the DLQ)."""
+
+    stream: str
+    key: str
+    data: bytes
+    rule_id: str
+    reason: str | None = None
+    target: str | None = None  # the stream a dead letter was meant for, when it rendered
+
+
+def message_attributes(message: Message) -> dict[str, str]:
+    attributes = {
+        ATTR_TOPIC: message.topic,
+        ATTR_QOS: str(message.qos),
+        ATTR_RETAIN: "true" if message.retain else "false",
+    }
+    for name, value in message.user_properties:
+        attributes[ATTR_USER_PREFIX + name] = value
+    return attributes
+
+
+class Router:
+    def __init__(self, matcher: Matcher, *, dead_letter_stream: str, max_record_bytes: int) -> None:
+        self.matcher = matcher
+        self.dead_letter_stream = dead_letter_stream
+        self.max_record_bytes = max_record_bytes
+
+    def routes(self, topic: str) -> list[Route]:
+        return self.matcher.route(topic)
+
+    def outputs(self, message: Message, routes: Iterable[Route]) -> list[Output]:
+        attributes = message_attributes(message)
+        return [self._output(message, route, attributes) for route in routes]
+
+    def _dead(
+        self,
+        message: Message,
+        route: Route,
+        attributes: dict[str, str],
+        reason: str,
+        error: str,
+    ) -> Output:
+        data = deadletter.letter(
+            message.payload,
+            reason=reason,
+            rule_id=route.rule.id,
+            attributes=attributes,
+            stream=route.stream,
+            error=error,
+        )
+        return Output(self.dead_letter_stream, "", data, route.rule.id, reason, route.stream)
+
+    def _output(self, message: Message, route: Route, attributes: dict[str, str]) -> Output:
+        if route.stream is None:
+            return self._dead(
+                message,
+                route,
+                attributes,
+                deadletter.REASON_INVALID_STREAM_NAME,
+                route.error or "invalid stream name",
+            )
+        if route.rule.payload == "json":
+            try:
+                struct = struct_bytes(json_object(message.payload))
+            except (ValueError, UnicodeDecodeError) as exc:
+                return self._dead(
+                    message, route, attributes, deadletter.REASON_INVALID_JSON, str(exc)
+                )
+            data = encode_json(struct, route.key, attributes)
+        else:
+            data = encode_raw(message.payload, route.key, attributes)
+        if len(data) > self.max_record_bytes:
+            return self._dead(
+                message,
+                route,
+                attributes,
+                deadletter.REASON_RECORD_TOO_LARGE,
+                f"record is {len(data)} bytes, the limit is {self.max_record_bytes}",
+            )
+        return Output(route.stream, route.key, data, route.rule.id)

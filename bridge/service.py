@@ -1,0 +1,365 @@
+"""The bridge service: wires the MQTT source, rules, accumulator, sender, store and HTTP API.
+
+Lifecycle (`async with Bridge(settings) as bridge: await bridge.run(stop)`):
+start the HTTP API (so /health answers at once), the embedded store when no HStreamDB URL is
+given, the HStreamDB client, then the MQTT session with the subscriptions the rules need. On stop:
+intake stops (the socket is no longer read), everything buffered is flushed within
+`shutdown_timeout`, the acknowledgements of stored messages go out, and the MQTT session is closed
+without a will, so the broker keeps it and redelivers whatever was not acknowledged.
+"""
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bridge.accumulator import Accumulator, Delivery, Item
+from bridge.hstream.client import HStreamClient
+from bridge.hstream.records import Compression
+from bridge.metrics import BridgeMetrics
+from bridge.mqtt import Message, MqttSettings, MqttSource
+from bridge.router import Output, Router
+from bridge.sender import Sender, SenderConfig
+from bridge.settings import Settings
+from rules import Matcher, Rule, RulesFile, parse_rules
+
+logger = logging.getLogger(__name__)
+
+RULES_FILE = "rules.json"
+STORE_DIR = "store"
+
+
+class RuleConflict(Exception):
+    """A rule with that id exists already."""
+
+
+class RuleMissing(Exception):
+    """No rule has that id."""
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Events:
+    """Sender events to metrics."""
+
+    def __init__(self, metrics: BridgeMetrics) -> None:
+        self._m = metrics
+
+    def stored(self, stream: str, items: Sequence[Item], append_seconds: float) -> None:
+        self._m.observe_stored(stream, items, append_seconds, time.monotonic())
+
+    def retried(self, stream: str, error: BaseException) -> None:
+        self._m.observe_retry(stream, error)
+
+    def dead_lettered(self, items: Sequence[Item], reason: str) -> None:
+        self._m.observe_dead_letters(items, reason)
+
+    def failed(self, stream: str, items: Sequence[Item], reason: str) -> None:
+        self._m.observe_failed(stream, items, reason)
+
+
+class Bridge:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = BridgeMetrics()
+        self.data_dir = Path(settings.data_dir)
+        self.rules_file = RulesFile(self.data_dir / RULES_FILE)
+        self.rules: list[Rule] = []
+        self.router: Router | None = None
+        self.accumulator: Accumulator | None = None
+        self.sender: Sender | None = None
+        self.source: MqttSource | None = None
+        self.client: HStreamClient | None = None
+        self.store: Any = None
+        self.api_url: str | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._rules_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hstream_ok = False
+        self._hstream_checked = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Bridge":
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        settings = self.settings
+        self._loop = asyncio.get_running_loop()
+        if not settings.api_token and not is_loopback(settings.api_listen):
+            raise ValueError(
+                f"refusing to serve the HTTP API on {settings.api_listen} without --api-token"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.rules = await asyncio.to_thread(self._initial_rules)
+        self.router = Router(
+            Matcher(self.rules),
+            dead_letter_stream=settings.dead_letter_stream,
+            max_record_bytes=settings.max_record_bytes,
+        )
+        self.metrics.rules_loaded.set(len(self.rules))
+        self.metrics.budget_bytes.set(settings.buffer_bytes)
+
+        from bridge.api import serve_api
+
+        self.api_url = await self._stack.enter_async_context(serve_api(self))
+
+        hstream_url = settings.hstream_url
+        if hstream_url is None:
+            from bridge.hstream.store import EmbeddedStore
+
+            self.store = await self._stack.enter_async_context(
+                EmbeddedStore(
+                    self.data_dir / STORE_DIR, listen=settings.store_listen or "127.0.0.1:0"
+                )
+            )
+            hstream_url = self.store.url
+            logger.info("embedded store listening on %s", self.store.address)
+        self.client = await self._stack.enter_async_context(
+            HStreamClient(
+                hstream_url,
+                ca_file=settings.hstream_ca_file,
+                cert_file=settings.hstream_cert_file,
+                key_file=settings.hstream_key_file,
+                timeout=settings.append_timeout,
+            )
+        )
+        self.sender = Sender(
+            self.client,
+            SenderConfig(
+                compression=Compression.parse(settings.compression),
+                append_timeout=settings.append_timeout,
+                backoff_min=settings.retry_backoff_min,
+                backoff_max=settings.retry_backoff_max,
+                auto_create=settings.auto_create_streams,
+                shard_count=settings.stream_shards,
+                replication_factor=settings.stream_replication,
+                dead_letter_stream=settings.dead_letter_stream,
+            ),
+            _Events(self.metrics),
+        )
+        self._stack.push_async_callback(self.sender.aclose)
+        self.accumulator = Accumulator(
+            batch_max_records=settings.batch_max_records,
+            batch_max_bytes=settings.batch_max_bytes,
+            linger=settings.linger,
+            budget_bytes=settings.buffer_bytes,
+            on_ready=self.sender.on_ready,
+            on_new_stream=self.sender.on_new_stream,
+            on_pressure=self._on_pressure,
+        )
+        self.sender.bind(self.accumulator)
+        self.metrics.bind_gauges(self.accumulator, self.sender)
+        self.source = await self._stack.enter_async_context(
+            MqttSource(self._mqtt_settings(), self._on_message)
+        )
+        self.source.on_connection_change = self._on_connection_change
+        await self.source.set_subscriptions(self.router.matcher.subscriptions())
+        logger.info(
+            "bridge running: %d rules, MQTT %s, HStreamDB %s, API %s",
+            len(self.rules),
+            settings.mqtt_url,
+            hstream_url,
+            self.api_url,
+        )
+
+    def _mqtt_settings(self) -> MqttSettings:
+        s = self.settings
+        return MqttSettings(
+            url=s.mqtt_url,
+            client_id=s.client_id,
+            username=s.mqtt_username,
+            password=s.mqtt_password,
+            protocol=5 if s.mqtt_protocol == "5" else 4,
+            keepalive=s.mqtt_keepalive,
+            session_expiry=s.mqtt_session_expiry,
+            receive_maximum=s.mqtt_receive_maximum,
+            shared_group=s.mqtt_shared_group,
+            ca_file=s.mqtt_ca_file,
+            cert_file=s.mqtt_cert_file,
+            key_file=s.mqtt_key_file,
+        )
+
+    def _initial_rules(self) -> list[Rule]:
+        """The rules file wins once it exists; before that, the config's rules seed it."""
+        if self.rules_file.path.exists():
+            return self.rules_file.load()
+        rules = parse_rules(self.settings.rules, "config file [[rules]]")
+        if rules:
+            self.rules_file.save(rules)
+        return rules
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Serve until `stop` is set, then drain; True when everything buffered was stored."""
+        await stop.wait()
+        return await self.drain()
+
+    async def drain(self) -> bool:
+        assert self.source is not None and self.sender is not None
+        logger.info("stopping: intake paused, flushing buffered records")
+        self.source.pause()
+        flushed = await self.sender.flush(self.settings.shutdown_timeout)
+        await self.source.flush_acks()
+        if not flushed:
+            assert self.accumulator is not None
+            logger.warning(
+                "shutdown flush timed out with %d records unsent; their messages were not "
+                "acknowledged and the broker will deliver them again",
+                self.accumulator.buffered_records,
+            )
+        return flushed
+
+    # --- intake -------------------------------------------------------------------------------
+
+    def _on_message(self, message: Message) -> Awaitable[None] | None:
+        router = self.router
+        accumulator = self.accumulator
+        assert router is not None and accumulator is not None and self._loop is not None
+        routes = router.routes(message.topic)
+        self.metrics.observe_received(message.qos, routes)
+        if not routes:
+            return None
+        if (
+            message.qos == 0
+            and accumulator.under_pressure
+            and self.settings.qos0_overflow == "drop"
+        ):
+            self.metrics.observe_dropped("qos0_overflow")
+            return None
+        outputs = router.outputs(message, routes)
+        delivery = Delivery(len(outputs), self._loop) if message.qos else None
+        for out in outputs:
+            if out.reason is not None:
+                self.metrics.observe_dead_letter(out.rule_id, out.reason)
+            accumulator.add(
+                out.stream, Item(out.data, out.key, delivery, message.received_at, out.rule_id)
+            )
+        return delivery.wait() if delivery is not None else None
+
+    def _on_pressure(self, full: bool) -> None:
+        assert self.source is not None
+        self.metrics.intake_paused.set(1 if full else 0)
+        if full:
+            logger.info("byte budget spent: pausing MQTT intake")
+            self.source.pause()
+        else:
+            logger.info("buffer drained below low water: resuming MQTT intake")
+            self.source.resume()
+
+    def _on_connection_change(self, connected: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if connected else 0)
+        if connected and self.source is not None and self.source.reconnects:
+            self.metrics.mqtt_reconnects.inc()
+
+    # --- health -------------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, Any]:
+        """Which dependency is not ready: MQTT connected and HStreamDB answering."""
+        mqtt = self.source is not None and self.source.connected
+        hstream = await self._hstream_reachable()
+        return {"ready": mqtt and hstream, "mqtt": mqtt, "hstream": hstream}
+
+    async def _hstream_reachable(self) -> bool:
+        if self.client is None:
+            return False
+        now = time.monotonic()
+        if now - self._hstream_checked < 1.0:
+            return self._hstream_ok
+        try:
+            await asyncio.wait_for(self.client.echo(), 2.0)
+        except Exception:  # any failure means not reachable; the reason is logged by the client
+            ok = False
+        else:
+            ok = True
+        self._hstream_ok, self._hstream_checked = ok, now
+        self.metrics.hstream_reachable.set(1 if ok else 0)
+        return ok
+
+    # --- rules --------------------------------------------------------------------------------
+
+    def get_rule(self, rule_id: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+    async def create_rule(self, rule: Rule) -> Rule:
+        async with self._rules_lock:
+            if self.get_rule(rule.id) is not None:
+                raise RuleConflict(rule.id)
+            await self._apply_rules([*self.rules, rule])
+        return rule
+
+    async def replace_rule(self, rule_id: str, rule: Rule) -> Rule:
+        async with self._rules_lock:
+            if self.get_rule(rule_id) is None:
+                raise RuleMissing(rule_id)
+            if rule.id != rule_id and self.get_rule(rule.id) is not None:
+                raise RuleConflict(rule.id)
+            await self._apply_rules([rule if r.id == rule_id else r for r in self.rules])
+        return rule
+
+    async def delete_rule(self, rule_id: str) -> None:
+        async with self._rules_lock:
+            if self.get_rule(rule_id) is None:
+                raise RuleMissing(rule_id)
+            await self._apply_rules([r for r in self.rules if r.id != rule_id])
+
+    async def _apply_rules(self, rules: list[Rule]) -> None:
+        """Persist, then route by the new rules, then change the subscriptions.
+
+        Messages already routed keep the records they made; a message read after the swap is
+        routed by the new rules. New filters are subscribed before old ones are dropped.
+        """
+        matcher = Matcher(rules)
+        await asyncio.to_thread(self.rules_file.save, rules)
+        assert self.router is not None
+        self.router.matcher = matcher
+        self.rules = rules
+        self.metrics.rules_loaded.set(len(rules))
+        if self.source is not None:
+            await self.source.set_subscriptions(matcher.subscriptions())
+        logger.info("rules changed: %d rules", len(rules))
+
+    def dry_run(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: tuple[tuple[str, str], ...] = (),
+    ) -> list[Output]:
+        """The records a message would make, without writing anything."""
+        assert self.router is not None
+        message = Message(
+            topic=topic,
+            payload=payload,
+            qos=qos,
+            retain=retain,
+            user_properties=user_properties,
+            received_at=time.monotonic(),
+        )
+        return self.router.outputs(message, self.router.routes(topic))

@@ -1,0 +1,157 @@
+"""The accumulator alone: batch boundaries, linger, pressure, and order across shard-map changes."""
+
+import asyncio
+
+from bridge.accumulator import Accumulator, Delivery, Item, ShardQueue, StreamState
+from bridge.hstream.shards import ShardMap, ShardRange, split_key_space
+
+
+def shard_map(count: int) -> ShardMap:
+    return ShardMap(
+        ShardRange(shard_id=100 + i, start=start, end=end)
+        for i, (start, end) in enumerate(split_key_space(count))
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ready: list[ShardQueue] = []
+        self.new_streams: list[StreamState] = []
+        self.pressure: list[bool] = []
+        self.ready_event = asyncio.Event()
+
+    def on_ready(self, queue: ShardQueue) -> None:
+        self.ready.append(queue)
+        self.ready_event.set()
+
+    def make(self, **overrides: float) -> Accumulator:
+        options: dict[str, float] = {
+            "batch_max_records": 3,
+            "batch_max_bytes": 1000,
+            "linger": 60.0,
+            "budget_bytes": 10_000,
+        }
+        options.update(overrides)
+        return Accumulator(
+            batch_max_records=int(options["batch_max_records"]),
+            batch_max_bytes=int(options["batch_max_bytes"]),
+            linger=options["linger"],
+            budget_bytes=int(options["budget_bytes"]),
+            on_ready=self.on_ready,
+            on_new_stream=self.new_streams.append,
+            on_pressure=self.pressure.append,
+        )
+
+
+def item(data: bytes, key: str = "") -> Item:
+    return Item(data, key, None, 0.0, "rule")
+
+
+async def test_records_wait_in_pending_until_the_stream_has_a_shard_map() -> None:
+    rec = Recorder()
+    acc = rec.make()
+    acc.add("s", item(b"a"))
+    acc.add("s", item(b"b"))
+    assert [state.name for state in rec.new_streams] == ["s"]
+    state = acc.streams["s"]
+    assert [i.data for i in state.pending] == [b"a", b"b"]
+    acc.set_shard_map(state, shard_map(1))
+    assert state.pending == []
+    queue = state.shards[100]
+    assert queue.open is not None
+    assert [i.data for i in queue.open.items] == [b"a", b"b"]
+
+
+async def test_batch_closes_at_max_records_and_at_max_bytes() -> None:
+    rec = Recorder()
+    acc = rec.make(batch_max_records=3, batch_max_bytes=100)
+    acc.add("s", item(b"x"))
+    acc.set_shard_map(acc.streams["s"], shard_map(1))
+    acc.add("s", item(b"y"))
+    acc.add("s", item(b"z"))
+    queue = acc.streams["s"].shards[100]
+    assert [[i.data for i in b.items] for b in queue.ready] == [[b"x", b"y", b"z"]]
+    acc.add("s", item(b"a" * 60))
+    acc.add("s", item(b"b" * 60))  # would pass 100 bytes: closes the batch before it
+    assert [len(b.items) for b in queue.ready] == [3, 1]
+    assert queue.open is not None
+    assert queue.open.items[0].data == b"b" * 60
+
+
+async def test_linger_closes_a_partial_batch() -> None:
+    rec = Recorder()
+    acc = rec.make(linger=0.01)
+    acc.add("s", item(b"x"))
+    acc.set_shard_map(acc.streams["s"], shard_map(1))
+    queue = acc.streams["s"].shards[100]
+    assert not queue.ready
+    await asyncio.wait_for(rec.ready_event.wait(), 5)
+    assert [[i.data for i in b.items] for b in queue.ready] == [[b"x"]]
+
+
+async def test_zero_linger_keeps_filling_while_an_append_is_in_flight() -> None:
+    rec = Recorder()
+    acc = rec.make(linger=0, batch_max_records=100)
+    acc.add("s", item(b"first"))
+    acc.set_shard_map(acc.streams["s"], shard_map(1))
+    queue = acc.streams["s"].shards[100]
+    assert len(queue.ready) == 1  # sender idle: goes at once
+    queue.ready.clear()
+    queue.sending = True
+    for n in range(5):
+        acc.add("s", item(b"%d" % n))
+    assert not queue.ready
+    assert queue.open is not None
+    assert len(queue.open.items) == 5
+    queue.sending = False
+    acc.close_if_idle(queue)
+    assert [len(b.items) for b in queue.ready] == [5]
+
+
+async def test_pressure_reported_at_budget_and_cleared_at_low_water() -> None:
+    rec = Recorder()
+    acc = rec.make(budget_bytes=1000, batch_max_bytes=1000)
+    items = [item(b"x" * 250) for _ in range(4)]
+    for it in items[:3]:
+        acc.add("s", it)
+    assert rec.pressure == []
+    acc.add("s", items[3])
+    assert rec.pressure == [True]
+    assert acc.under_pressure
+    acc.release(items[:1])
+    assert rec.pressure == [True]  # 750 bytes: still above half the budget
+    acc.release(items[1:3])
+    assert rec.pressure == [True, False]
+    assert acc.buffered_bytes == 250
+
+
+async def test_reshard_keeps_per_key_order() -> None:
+    rec = Recorder()
+    acc = rec.make(batch_max_records=1000)
+    keys = [f"dev{n % 7}" for n in range(200)]
+    acc.add("s", item(b"0", keys[0]))
+    state = acc.streams["s"]
+    acc.set_shard_map(state, shard_map(2))
+    for n, key in enumerate(keys[1:100], start=1):
+        acc.add("s", item(b"%d" % n, key))
+    state.resolving = True  # stream gone: records wait in pending
+    for n, key in enumerate(keys[100:], start=100):
+        acc.add("s", item(b"%d" % n, key))
+    assert len(state.pending) == 100
+    acc.set_shard_map(state, shard_map(3))
+    seen: dict[str, list[int]] = {}
+    for queue in state.shards.values():
+        for it in queue.items():
+            seen.setdefault(it.key, []).append(int(it.data))
+    assert sum(len(v) for v in seen.values()) == 200
+    for key, numbers in seen.items():
+        assert numbers == sorted(numbers), key
+
+
+async def test_delivery_resolves_after_its_last_record() -> None:
+    delivery = Delivery(2, asyncio.get_running_loop())
+    delivery.record_done()
+    assert not delivery.done
+    delivery.record_done()
+    await asyncio.wait_for(delivery.wait(), 1)
+    assert Delivery(0, asyncio.get_running_loop()).done

@@ -1,0 +1,238 @@
+"""The sender alone, against an in-memory append target that fails on request."""
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from bridge.accumulator import Accumulator, Delivery, Item
+from bridge.hstream import errors
+from bridge.hstream._api import pb
+from bridge.hstream.records import Compression, RecordId, encode_raw
+from bridge.hstream.shards import ShardMap, ShardRange, split_key_space
+from bridge.sender import Sender, SenderConfig
+
+
+class FakeTarget:
+    """Streams in memory; `failures` is a queue of exceptions raised by the next appends."""
+
+    def __init__(self, shards: int = 2) -> None:
+        self.shards = shards
+        self.streams: dict[str, dict[int, list[bytes]]] = {}
+        self.failures: list[BaseException] = []
+        self.created: list[str] = []
+        self.inflight: dict[tuple[str, int], int] = {}
+        self.max_inflight = 0
+        self.appends = 0
+        self.next_shard = 1
+
+    def add_stream(self, name: str) -> None:
+        self.streams[name] = {}
+        for _ in range(self.shards):
+            self.streams[name][self.next_shard] = []
+            self.next_shard += 1
+
+    async def shard_map(self, stream: str) -> ShardMap:
+        if stream not in self.streams:
+            raise errors.StreamNotFound(f"stream {stream} not found")
+        ids = sorted(self.streams[stream])
+        return ShardMap(
+            ShardRange(sid, start, end)
+            for sid, (start, end) in zip(ids, split_key_space(len(ids)), strict=True)
+        )
+
+    async def create_stream(
+        self, name: str, *, shard_count: int = 1, replication_factor: int = 1
+    ) -> object:
+        if name.startswith("9"):
+            raise errors.InvalidName(f"bad name {name}")
+        self.created.append(name)
+        self.add_stream(name)
+        return name
+
+    async def append_encoded(
+        self, stream: str, shard_id: int, encoded: Sequence[bytes], compression: Compression
+    ) -> list[RecordId]:
+        slot = (stream, shard_id)
+        self.inflight[slot] = self.inflight.get(slot, 0) + 1
+        self.max_inflight = max(self.max_inflight, self.inflight[slot])
+        try:
+            await asyncio.sleep(0)
+            self.appends += 1
+            if self.failures:
+                raise self.failures.pop(0)
+            if stream not in self.streams or shard_id not in self.streams[stream]:
+                raise errors.StreamNotFound(f"stream {stream} not found")
+            self.streams[stream][shard_id].extend(encoded)
+            return [RecordId(shard_id, self.appends, i) for i in range(len(encoded))]
+        finally:
+            self.inflight[slot] -= 1
+
+    def invalidate(self, stream: str) -> None:
+        pass
+
+    def payloads(self, stream: str) -> list[bytes]:
+        out = []
+        for records in self.streams.get(stream, {}).values():
+            for data in records:
+                record = pb.HStreamRecord()
+                record.ParseFromString(data)
+                out.append(record.payload)
+        return out
+
+
+class Events:
+    def __init__(self) -> None:
+        self.stored_records = 0
+        self.retries = 0
+        self.dead: list[str] = []
+        self.failed_records = 0
+
+    def stored(self, stream: str, items: Sequence[Item], append_seconds: float) -> None:
+        self.stored_records += len(items)
+
+    def retried(self, stream: str, error: BaseException) -> None:
+        self.retries += 1
+
+    def dead_lettered(self, items: Sequence[Item], reason: str) -> None:
+        self.dead.extend(reason for _ in items)
+
+    def failed(self, stream: str, items: Sequence[Item], reason: str) -> None:
+        self.failed_records += len(items)
+
+
+def make(target: FakeTarget, **config: object) -> tuple[Accumulator, Sender, Events]:
+    events = Events()
+    sender = Sender(
+        target,
+        SenderConfig(backoff_min=0.001, backoff_max=0.01, **config),  # type: ignore[arg-type]
+        events,
+    )
+    acc = Accumulator(
+        batch_max_records=10,
+        batch_max_bytes=100_000,
+        linger=0.001,
+        budget_bytes=1_000_000,
+        on_ready=sender.on_ready,
+        on_new_stream=sender.on_new_stream,
+    )
+    sender.bind(acc)
+    return acc, sender, events
+
+
+def record(n: int, key: str = "", delivery: Delivery | None = None) -> Item:
+    return Item(encode_raw(b"%d" % n, key, {"n": str(n)}), key, delivery, 0.0, "rule")
+
+
+async def test_records_are_stored_in_order_per_key_with_one_append_per_shard() -> None:
+    target = FakeTarget(shards=3)
+    target.add_stream("s")
+    acc, sender, events = make(target)
+    for n in range(300):
+        acc.add("s", record(n, key=f"k{n % 5}"))
+    assert await sender.flush(10)
+    assert target.max_inflight == 1
+    assert events.stored_records == 300
+    by_key: dict[str, list[int]] = {}
+    for records in target.streams["s"].values():
+        for data in records:
+            r = pb.HStreamRecord()
+            r.ParseFromString(data)
+            by_key.setdefault(r.header.key, []).append(int(r.payload))
+    assert all(v == sorted(v) for v in by_key.values())
+    assert sum(len(v) for v in by_key.values()) == 300
+    await sender.aclose()
+
+
+async def test_delivery_resolves_only_after_retries_succeed() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    target.failures = [errors.HStreamUnavailable("down")] * 3
+    acc, sender, events = make(target)
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("s", record(1, delivery=delivery))
+    await asyncio.wait_for(delivery.wait(), 5)
+    assert events.retries == 3
+    assert target.payloads("s") == [b"1"]
+    await sender.aclose()
+
+
+async def test_missing_stream_is_created_on_first_use() -> None:
+    target = FakeTarget()
+    acc, sender, _ = make(target, shard_count=2)
+    for n in range(20):
+        acc.add("new_stream", record(n, key=str(n)))
+    assert await sender.flush(5)
+    assert target.created == ["new_stream"]
+    assert sorted(int(p) for p in target.payloads("new_stream")) == list(range(20))
+    await sender.aclose()
+
+
+async def test_stream_deleted_mid_flight_is_recreated_and_nothing_lost() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    acc, sender, _ = make(target)
+    for n in range(10):
+        acc.add("s", record(n))
+    assert await sender.flush(5)
+    del target.streams["s"]  # deleted behind the bridge's back
+    for n in range(10, 30):
+        acc.add("s", record(n))
+    assert await sender.flush(5)
+    assert target.created == ["s"]
+    assert [int(p) for p in target.payloads("s")] == list(range(10, 30))
+    await sender.aclose()
+
+
+async def test_oversized_batch_is_split_and_refused_record_dead_lettered() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    target.add_stream("bridge_dead_letter")
+    target.failures = [
+        errors.RecordTooLarge("too big"),
+        errors.RecordTooLarge("too big"),
+    ]
+    acc, sender, events = make(target)
+    for n in range(4):
+        acc.add("s", record(n))
+    assert await sender.flush(5)
+    assert sorted(int(p) for p in target.payloads("s")) == [0, 1, 2, 3]
+    target.failures = [errors.InvalidArgument("refused", code=207)]
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("s", record(99, delivery=delivery))
+    await asyncio.wait_for(delivery.wait(), 5)
+    assert events.dead == ["rejected_by_hstreamdb"]
+    letters = target.streams["bridge_dead_letter"]
+    parsed = pb.HStreamRecord()
+    parsed.ParseFromString(next(data for shard in letters.values() for data in shard))
+    assert parsed.payload == b"99"
+    attributes = dict(parsed.header.attributes)
+    assert attributes["reason"] == "rejected_by_hstreamdb"
+    assert attributes["stream"] == "s"
+    assert attributes["n"] == "99"
+    await sender.aclose()
+
+
+async def test_invalid_stream_name_goes_to_dead_letters() -> None:
+    target = FakeTarget()
+    target.add_stream("bridge_dead_letter")
+    acc, sender, events = make(target)
+    acc.add("9bad", record(5))
+    assert await sender.flush(5)
+    assert events.dead == ["invalid_stream_name"]
+    assert target.payloads("bridge_dead_letter") == [b"5"]
+    await sender.aclose()
+
+
+@pytest.mark.parametrize("within", [0.05])
+async def test_flush_reports_timeout_while_store_is_down(within: float) -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    target.failures = [errors.HStreamUnavailable("down")] * 10_000
+    acc, sender, _ = make(target)
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("s", record(1, delivery=delivery))
+    assert not await sender.flush(within)
+    assert not delivery.done
+    assert acc.buffered_records == 1
+    await sender.aclose()
