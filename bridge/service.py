@@ -221,7 +221,8 @@ class Bridge:
         return await self.drain()
 
     async def drain(self) -> bool:
-        assert self.source is not None and self.sender is not None
+        assert self.source is not None
+        assert self.sender is not None
         logger.info("stopping: intake paused, flushing buffered records")
         self.source.pause()
         flushed = await self.sender.flush(self.settings.shutdown_timeout)
@@ -240,7 +241,9 @@ class Bridge:
     def _on_message(self, message: Message) -> Awaitable[None] | None:
         router = self.router
         accumulator = self.accumulator
-        assert router is not None and accumulator is not None and self._loop is not None
+        assert router is not None
+        assert accumulator is not None
+        assert self._loop is not None
         routes = router.routes(message.topic)
         self.metrics.observe_received(message.qos, routes)
         if not routes:

@@ -121,11 +121,9 @@ async def _serve_bridge(settings: Settings) -> int:
     try:
         async with Bridge(settings) as bridge:
             await bridge.run(stop)
-    except RulesFileError as exc:
-        logger.error("%s", exc)
-        return 2
-    except ValueError as exc:
-        logger.error("%s", exc)
+    except (RulesFileError, ValueError) as exc:
+        # A configuration problem: one clear line, no traceback.
+        print(f"hstream-bridge: {exc}", file=sys.stderr)
         return 2
     logger.info("stopped")
     return 0
