@@ -136,6 +136,7 @@ class Accumulator:
         self.streams: dict[str, StreamState] = {}
         self.buffered_bytes = 0
         self.buffered_records = 0
+        self.peak_bytes = 0  # the most ever buffered at once (the budget plus one socket read)
         self.under_pressure = False
         self._loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
@@ -152,6 +153,8 @@ class Accumulator:
             self._on_new_stream(state)
         self.buffered_bytes += item.size
         self.buffered_records += 1
+        if self.buffered_bytes > self.peak_bytes:
+            self.peak_bytes = self.buffered_bytes
         self._idle.clear()
         if state.resolving or state.shard_map is None:
             state.pending.append(item)

@@ -1,0 +1,119 @@
+"""The bridge end to end, in-process: real Mosquitto, real gRPC to the embedded store."""
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from bridge.hstream.records import ReceivedRecord
+from tests.support.bridge import bridge_settings, running_bridge, wait_for_records
+from tests.support.mosquitto import Mosquitto, publish
+
+SITES = 3
+DEVICES = 8
+PER_DEVICE = 40
+
+RULES: list[dict[str, Any]] = [
+    {
+        "id": "temps",
+        "topic": "sensors/{site}/{dev}/temp",
+        "stream": "temps_${site}",
+        "key": "${dev}",
+        "payload": "json",
+    },
+    {"id": "everything", "topic": "sensors/#", "stream": "all_raw", "key": "${topic}"},
+]
+
+
+def telemetry() -> list[tuple[str, bytes]]:
+    messages = []
+    for seq in range(PER_DEVICE):
+        for site in range(SITES):
+            for dev in range(DEVICES):
+                body = {"site": site, "dev": dev, "seq": seq, "t": 21.5}
+                messages.append((f"sensors/site{site}/dev{dev}/temp", json.dumps(body).encode()))
+    return messages
+
+
+def seqs_by_key(records: list[ReceivedRecord]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for record in records:
+        payload = record.payload
+        body = payload if isinstance(payload, dict) else json.loads(payload)
+        out.setdefault(record.key, []).append(int(body["seq"]))
+    return out
+
+
+async def test_qos1_messages_land_in_rendered_streams_with_keys_attributes_and_order(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    settings = bridge_settings(tmp_path, mosquitto.url, rules=RULES, stream_shards=3)
+    async with running_bridge(settings) as bridge:
+        assert bridge.store is not None
+        url = bridge.store.url
+        messages = telemetry()
+        messages.append(("elsewhere/x", b"matches no rule"))
+        await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, messages)
+
+        per_site = SITES and DEVICES * PER_DEVICE
+        for site in range(SITES):
+            records = await wait_for_records(url, f"temps_site{site}", per_site)
+            assert len(records) == per_site
+            by_key = seqs_by_key(records)
+            assert sorted(by_key) == [f"dev{d}" for d in range(DEVICES)]
+            for key, seqs in by_key.items():
+                assert seqs == list(range(PER_DEVICE)), key  # per-key order, nothing missing
+            first = records[0]
+            assert first.is_json
+            assert first.attributes["mqtt.topic"].startswith(f"sensors/site{site}/")
+            assert first.attributes["mqtt.qos"] == "1"
+            assert first.attributes["mqtt.retain"] == "false"
+
+        raw = await wait_for_records(url, "all_raw", SITES * DEVICES * PER_DEVICE)
+        assert len(raw) == SITES * DEVICES * PER_DEVICE
+        assert all(isinstance(r.payload, bytes) for r in raw)
+        assert {r.key for r in raw} == {t for t, _ in messages[:-1]}
+
+
+async def test_bad_payloads_go_to_dead_letters_while_good_traffic_flows(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    rules = [
+        {"id": "json", "topic": "j/{dev}", "stream": "good", "key": "${dev}", "payload": "json"},
+        {"id": "named", "topic": "n/{name}", "stream": "${name}", "payload": "raw"},
+    ]
+    settings = bridge_settings(tmp_path, mosquitto.url, rules=rules)
+    async with running_bridge(settings) as bridge:
+        assert bridge.store is not None
+        url = bridge.store.url
+        messages: list[tuple[str, bytes]] = []
+        for n in range(300):
+            if n % 10 == 3:
+                messages.append((f"j/d{n % 4}", b"{not json " + str(n).encode()))
+            elif n % 10 == 7:
+                messages.append((f"j/d{n % 4}", b"[1, 2, 3]"))  # JSON, but not an object
+            else:
+                messages.append((f"j/d{n % 4}", json.dumps({"n": n}).encode()))
+        messages.append(("n/9starts_with_digit", b"bad stream name"))
+        messages.append(("n/fine_name", b"good stream name"))
+        await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, messages)
+
+        good = await wait_for_records(url, "good", 240)
+        assert sorted(int(r.payload["n"]) for r in good if isinstance(r.payload, dict)) == [
+            n for n in range(300) if n % 10 not in (3, 7)
+        ]
+        letters = await wait_for_records(url, settings.dead_letter_stream, 61)
+        assert len(letters) == 61
+        reasons: dict[str, int] = {}
+        for letter in letters:
+            reasons[letter.attributes["reason"]] = reasons.get(letter.attributes["reason"], 0) + 1
+            assert letter.attributes["rule"] in ("json", "named")
+            assert letter.attributes["mqtt.topic"]
+            assert letter.attributes["time"]
+        assert reasons == {"invalid_json": 60, "invalid_stream_name": 1}
+        bad_name = next(r for r in letters if r.attributes["reason"] == "invalid_stream_name")
+        assert bad_name.payload == b"bad stream name"
+        invalid = next(r for r in letters if r.attributes["reason"] == "invalid_json")
+        assert isinstance(invalid.payload, bytes)
+        assert invalid.payload.startswith(b"{not json") or invalid.payload == b"[1, 2, 3]"
+        assert len(await wait_for_records(url, "fine_name", 1)) == 1
