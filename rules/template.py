@@ -22,7 +22,14 @@ from typing import Final
 
 from bridge.hstream.names import MAX_NAME_LENGTH, is_valid_name, name_problem
 
-__all__ = ["TOPIC_NAME", "RenderError", "StreamTemplate", "Template", "TemplateError"]
+__all__ = [
+    "TOPIC_NAME",
+    "RenderError",
+    "StreamTemplate",
+    "Template",
+    "TemplateError",
+    "stream_safe",
+]
 
 TOPIC_NAME: Final = "topic"
 """The placeholder that stands for the whole MQTT topic."""
@@ -59,6 +66,10 @@ class Template:
     placeholders: tuple[str, ...] = field(init=False, repr=False, compare=False)
     """The placeholder names in order, repeats kept."""
     _format: str = field(init=False, repr=False, compare=False)
+    # Fast path for the common one-placeholder template: prefix + value + suffix.
+    _single: str | None = field(init=False, repr=False, compare=False)
+    _prefix: str = field(init=False, repr=False, compare=False)
+    _suffix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str):
@@ -73,6 +84,10 @@ class Template:
         for name, literal in zip(placeholders, literals[1:], strict=True):
             parts.append(f"{{{name}}}{literal}")
         object.__setattr__(self, "_format", "".join(parts))
+        single = placeholders[0] if len(placeholders) == 1 else None
+        object.__setattr__(self, "_single", single)
+        object.__setattr__(self, "_prefix", literals[0])
+        object.__setattr__(self, "_suffix", literals[-1])
 
     def __str__(self) -> str:
         return self.source
@@ -99,6 +114,10 @@ class Template:
         RenderError when `captures` lacks a name the template uses (a Rule never lets that
         happen: it checks the names against its filter).
         """
+        single = self._single
+        if single is not None:
+            value = topic if single == TOPIC_NAME else _value(captures, single)
+            return self._prefix + value + self._suffix
         if not self.placeholders:
             return self.source
         values: dict[str, str] = {}
@@ -137,6 +156,10 @@ class StreamTemplate(Template):
 
     def render(self, captures: Mapping[str, str], topic: str) -> str:
         """The text with placeholders replaced by their values mapped by `stream_safe`."""
+        single = self._single
+        if single is not None:
+            value = topic if single == TOPIC_NAME else _value(captures, single)
+            return self._prefix + stream_safe(value) + self._suffix
         if not self.placeholders:
             return self.source
         values: dict[str, str] = {}
