@@ -253,7 +253,7 @@ class Bridge:
             and accumulator.under_pressure
             and self.settings.qos0_overflow == "drop"
         ):
-            self.metrics.observe_dropped("qos0_overflow")
+            self.metrics.observe_dropped("qos0_overflow", records=len(routes))
             return None
         outputs = router.outputs(message, routes)
         delivery = Delivery(len(outputs), self._loop) if message.qos else None

@@ -1,0 +1,383 @@
+"""Prometheus metrics of one bridge, in its own registry: no global state, many bridges per process.
+
+Names follow the counters EMQX shows for its data integrations, so an EMQX user reads them the
+same way: `matched`, `success`, `failed`, `dropped`, `queuing`, `inflight`, `retried`. For the
+records of one rule the EMQX identity holds, up to timing:
+
+    matched = success + failed + dropped + dead_lettered + queuing
+
+Families (all prefixed `hstream_bridge_`; counters get `_total` on the wire):
+
+    messages_received_total{qos}          MQTT PUBLISHes handed to the bridge
+    messages_matched_total{rule}          messages a rule matched (each makes one record)
+    messages_unmatched_total              messages no enabled rule matched
+    records_success_total{rule,stream}    records HStreamDB confirmed stored
+    records_failed_total{rule,stream,reason}  records given up on (not stored, not dead-lettered)
+    records_dropped_total{reason}         QoS 0 records dropped on purpose (qos0_overflow, shutdown)
+    records_dead_lettered_total{rule,reason}  records parked in the dead-letter stream
+    appends_retried_total{stream}         appends sent again after a retriable error
+    queuing_records, queuing_bytes        buffered or in flight now (the byte budget covers these)
+    buffer_budget_bytes                   the configured byte budget
+    intake_paused                         1 while the budget is spent and the socket is not read
+    inflight_appends                      appends waiting for HStreamDB's answer
+    batch_records, batch_bytes            records and encoded bytes per append (histograms)
+    append_duration_seconds               one Append RPC, sent to answered (histogram)
+    end_to_end_latency_seconds            MQTT message received to record stored (histogram)
+    mqtt_connected, mqtt_reconnects_total
+    hstream_reachable, hstream_errors_total{code}
+    rules_loaded, build_info{version}
+
+Labels are bounded on purpose: a rule id, a stream name, a reason or an error code from a fixed
+set in the code, never an MQTT topic, a client id or an exception text. One caveat: `stream` is as
+bounded as the rules make it; a stream template over a per-device capture gives one series per
+device.
+
+Hot paths (the bridge aims at 25,000 msg/s): increment once per batch with `inc(n)`, not once
+per record; the `observe_*` helpers below do that. `family.labels(...)` costs about 1.0-1.4 us
+(it validates and looks up the labels under a lock), a cached child's `inc()` about 0.25 us, so
+the helpers keep labelled children in a dict (`child()`); a histogram `observe()` is about 0.5 us.
+Gauges that mirror pipeline state (`queuing_*`, `inflight_appends`) are read at scrape time via
+`bind_gauges`, costing nothing per message.
+"""
+
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from typing import Protocol, TypeVar
+
+import grpc
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics import MetricWrapperBase
+
+from bridge import __version__
+from bridge.hstream.errors import HStreamError
+
+PREFIX = "hstream_bridge"
+
+# 1 ms to 30 s: a local append takes milliseconds, a message held through a retry takes seconds,
+# and 30 s is the default append time-out.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# Up to the default batch_max_records (1000) and beyond, for larger settings.
+BATCH_RECORD_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# Up to HStreamDB's default 1 MiB limit per append.
+BATCH_BYTE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 524288, 1048576)
+
+# Reasons known in advance; their series exist from the start so rate() works before the first.
+DROP_REASONS = ("qos0_overflow", "shutdown")
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class _RuleLike(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+class _RouteLike(Protocol):
+    """What `observe_received` reads of a `rules.Route`."""
+
+    @property
+    def rule(self) -> _RuleLike: ...
+
+
+class _ItemLike(Protocol):
+    """What the batch helpers read of an accumulator `Item`."""
+
+    @property
+    def rule_id(self) -> str: ...
+
+    @property
+    def received_at(self) -> float: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+class _Buffered(Protocol):
+    @property
+    def buffered_records(self) -> int: ...
+
+    @property
+    def buffered_bytes(self) -> int: ...
+
+
+class _InFlight(Protocol):
+    @property
+    def inflight(self) -> int: ...
+
+
+def error_code(error: BaseException) -> str:
+    """The `code` label for an HStreamDB failure: its numeric error code, else a gRPC status name.
+
+    Bounded: HStreamDB codes are three-digit numbers; anything else becomes "other".
+    """
+    if isinstance(error, HStreamError):
+        if error.code is not None:
+            return str(error.code) if 0 <= error.code < 1000 else "other"
+        return error.status.name
+    if isinstance(error, grpc.RpcError):
+        code = getattr(error, "code", None)
+        status = code() if callable(code) else None
+        if isinstance(status, grpc.StatusCode):
+            return status.name
+        return "UNKNOWN"
+    if isinstance(error, TimeoutError):
+        return "DEADLINE_EXCEEDED"
+    return "UNKNOWN"
+
+
+def _counts_by_rule(items: Iterable[_ItemLike]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.rule_id] = counts.get(item.rule_id, 0) + 1
+    return counts
+
+
+class BridgeMetrics:
+    """All metric families of one bridge, registered in `self.registry`."""
+
+    def __init__(self, *, version: str | None = None, process: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+        r = self.registry
+
+        # Intake and routing.
+        self.messages_received = Counter(
+            f"{PREFIX}_messages_received",
+            "MQTT messages delivered to the bridge by the broker, by QoS.",
+            ["qos"],
+            registry=r,
+        )
+        self.messages_matched = Counter(
+            f"{PREFIX}_messages_matched",
+            "Messages a rule matched (EMQX: matched); each match makes one record.",
+            ["rule"],
+            registry=r,
+        )
+        self.messages_unmatched = Counter(
+            f"{PREFIX}_messages_unmatched",
+            "Messages no enabled rule matched; acknowledged and not stored.",
+            registry=r,
+        )
+        # Outcomes per record.
+        self.records_success = Counter(
+            f"{PREFIX}_records_success",
+            "Records HStreamDB confirmed stored (EMQX: success).",
+            ["rule", "stream"],
+            registry=r,
+        )
+        self.records_failed = Counter(
+            f"{PREFIX}_records_failed",
+            "Records the bridge gave up on without storing or dead-lettering them (EMQX: failed).",
+            ["rule", "stream", "reason"],
+            registry=r,
+        )
+        self.records_dropped = Counter(
+            f"{PREFIX}_records_dropped",
+            "QoS 0 records dropped without an attempt to store them, by reason (EMQX: dropped).",
+            ["reason"],
+            registry=r,
+        )
+        self.records_dead_lettered = Counter(
+            f"{PREFIX}_records_dead_lettered",
+            "Records written to the dead-letter stream instead of their target, by reason.",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.appends_retried = Counter(
+            f"{PREFIX}_appends_retried",
+            "Appends sent again after a retriable HStreamDB error (EMQX: retried).",
+            ["stream"],
+            registry=r,
+        )
+        # Buffer and flow control.
+        self.queuing_records = Gauge(
+            f"{PREFIX}_queuing_records",
+            "Records buffered or in flight, not yet stored (EMQX: queuing + inflight).",
+            registry=r,
+        )
+        self.queuing_bytes = Gauge(
+            f"{PREFIX}_queuing_bytes",
+            "Encoded bytes buffered or in flight; counted against the byte budget.",
+            registry=r,
+        )
+        self.budget_bytes = Gauge(
+            f"{PREFIX}_buffer_budget_bytes",
+            "Configured byte budget over everything buffered or in flight (--buffer-bytes).",
+            registry=r,
+        )
+        self.intake_paused = Gauge(
+            f"{PREFIX}_intake_paused",
+            "1 while the byte budget is spent and the MQTT socket is not read, else 0.",
+            registry=r,
+        )
+        self.inflight_appends = Gauge(
+            f"{PREFIX}_inflight_appends",
+            "Append requests sent to HStreamDB and not yet answered (EMQX: inflight).",
+            registry=r,
+        )
+        # Batches and latency.
+        self.batch_records = Histogram(
+            f"{PREFIX}_batch_records",
+            "Records per append.",
+            buckets=BATCH_RECORD_BUCKETS,
+            registry=r,
+        )
+        self.batch_bytes = Histogram(
+            f"{PREFIX}_batch_bytes",
+            "Encoded record bytes per append, before compression.",
+            buckets=BATCH_BYTE_BUCKETS,
+            registry=r,
+        )
+        self.append_seconds = Histogram(
+            f"{PREFIX}_append_duration_seconds",
+            "Seconds from sending one Append to its answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e_seconds = Histogram(
+            f"{PREFIX}_end_to_end_latency_seconds",
+            "Seconds from receiving an MQTT message to its record being stored.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Connections.
+        self.mqtt_connected = Gauge(
+            f"{PREFIX}_mqtt_connected",
+            "1 while the MQTT session is connected, else 0.",
+            registry=r,
+        )
+        self.mqtt_reconnects = Counter(
+            f"{PREFIX}_mqtt_reconnects",
+            "Times the MQTT connection was established again after it was lost.",
+            registry=r,
+        )
+        self.hstream_reachable = Gauge(
+            f"{PREFIX}_hstream_reachable",
+            "1 when HStreamDB answered the last check, else 0.",
+            registry=r,
+        )
+        self.hstream_errors = Counter(
+            f"{PREFIX}_hstream_errors",
+            "HStreamDB errors by code: the HStreamDB error number or the gRPC status name.",
+            ["code"],
+            registry=r,
+        )
+        # Configuration.
+        self.rules_loaded = Gauge(
+            f"{PREFIX}_rules_loaded",
+            "Rules currently loaded (enabled or not).",
+            registry=r,
+        )
+        self.build_info = Info(f"{PREFIX}_build", "Bridge build information.", registry=r)
+        self.build_info.info({"version": version or _package_version()})
+
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+
+        for reason in DROP_REASONS:
+            self.records_dropped.labels(reason=reason)
+        self._received_by_qos = tuple(self.messages_received.labels(qos=str(q)) for q in (0, 1, 2))
+
+    # --- children -----------------------------------------------------------------------------
+
+    def child(self, family: M, *values: str) -> M:
+        """`family.labels(*values)`, cached: about 4x cheaper on a hot path than `labels()`."""
+        key = (id(family), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*values)
+        return found  # type: ignore[return-value]  # the cache keys each family by its id
+
+    # --- helpers for the pipeline (each called once per message or once per batch) ------------
+
+    def observe_received(self, qos: int, routes: Sequence[_RouteLike]) -> None:
+        """One message from the broker and the rules it matched."""
+        self._received_by_qos[qos if 0 <= qos <= 2 else 0].inc()
+        if not routes:
+            self.messages_unmatched.inc()
+            return
+        for route in routes:
+            self.child(self.messages_matched, route.rule.id).inc()
+
+    def observe_dropped(self, reason: str, records: int = 1) -> None:
+        """QoS 0 records dropped on purpose; pass how many records the message would have made."""
+        self.child(self.records_dropped, reason).inc(records)
+
+    def observe_dead_letter(self, rule: str, reason: str, records: int = 1) -> None:
+        self.child(self.records_dead_lettered, rule, reason).inc(records)
+
+    def observe_dead_letters(self, items: Iterable[_ItemLike], reason: str) -> None:
+        for rule, count in _counts_by_rule(items).items():
+            self.observe_dead_letter(rule, reason, count)
+
+    def observe_stored(
+        self, stream: str, items: Sequence[_ItemLike], append_seconds: float, now: float
+    ) -> None:
+        """One successful append; `now` on the same clock as `Item.received_at` (monotonic)."""
+        if not items:
+            return
+        for rule, count in _counts_by_rule(items).items():
+            self.child(self.records_success, rule, stream).inc(count)
+        self.batch_records.observe(len(items))
+        self.batch_bytes.observe(sum(item.size for item in items))
+        self.append_seconds.observe(append_seconds)
+        observe = self.e2e_seconds.observe
+        for item in items:
+            observe(max(0.0, now - item.received_at))
+
+    def observe_failed(self, stream: str, items: Iterable[_ItemLike], reason: str) -> None:
+        for rule, count in _counts_by_rule(items).items():
+            self.child(self.records_failed, rule, stream, reason).inc(count)
+
+    def observe_retry(self, stream: str, error: BaseException) -> None:
+        """One append that will be sent again; counts the error by code as well."""
+        self.child(self.appends_retried, stream).inc()
+        self.observe_hstream_error(error)
+
+    def observe_hstream_error(self, error: BaseException) -> None:
+        self.child(self.hstream_errors, error_code(error)).inc()
+
+    def bind_gauges(self, buffer: _Buffered, sender: _InFlight) -> None:
+        """Read the queuing and in-flight gauges from the pipeline at scrape time."""
+        self.queuing_records.set_function(lambda: buffer.buffered_records)
+        self.queuing_bytes.set_function(lambda: buffer.buffered_bytes)
+        self.inflight_appends.set_function(lambda: sender.inflight)
+
+    # --- exposition ---------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The body and content type for GET /metrics."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("hstream-bridge")
+    except metadata.PackageNotFoundError:
+        return __version__
