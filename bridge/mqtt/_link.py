@@ -1,0 +1,319 @@
+"""One MQTT network connection on top of gmqtt, with the control the bridge needs.
+
+gmqtt provides the wire protocol: CONNECT/SUBSCRIBE/UNSUBSCRIBE encoding, packet framing, MQTT 5
+properties, topic aliases and the QoS 2 PUBREL/PUBCOMP exchange. Four things it decides on its
+own are taken over here, through its (private, stable since 0.6) handler hooks:
+
+- Acknowledgement. gmqtt acks before `on_message` unless that is a coroutine function under
+  MQTT 5 with `optimistic_acknowledgement=False`, and then it runs every message in its own task.
+  We replace its QoS 1/2 publish handlers, so each message is handed over synchronously, in
+  socket order, with its packet id; PUBACK/PUBREC are written when `ack()` says so, coalesced
+  into one socket write per event-loop iteration.
+- Reconnecting. gmqtt reconnects after a fixed delay and does not resubscribe. A Link never
+  reconnects (its reconnect hook does nothing); it reports the loss once and MqttSource builds a
+  new Link with backoff, then resubscribes.
+- Keepalive. gmqtt closes the connection when nothing was read for 2x keepalive, which is
+  exactly what a paused reader looks like. Its timer is cancelled and ours keeps sending
+  PINGREQs but does not count time spent paused (nor the first 2x keepalive after resuming).
+- Pausing. `transport.pause_reading()`; the StreamReader inside gmqtt's protocol resumes the
+  transport when its own buffer drains, so its paused flag is cleared to keep it from undoing ours.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.mqtt.handler import MQTTConnectError
+
+from bridge.mqtt._errors import ConnectRefused
+from bridge.mqtt._model import MqttSettings
+
+log = logging.getLogger(__name__)
+
+# CONNACK codes that retrying cannot fix (bad protocol, id, credentials, authorisation, ...).
+_PERMANENT_V311 = frozenset({1, 2, 4, 5})
+_PERMANENT_V5 = frozenset(
+    {129, 130, 132, 133, 134, 135, 138, 140, 144, 149, 153, 154, 155, 156, 157}
+)
+
+# PUBACK / PUBREC with a 2-byte remaining length: valid in 3.1.1 and in 5 (reason 0 may be omitted).
+_PUBACK = b"\x40\x02"
+_PUBREC = b"\x50\x02"
+
+PublishCallback = Callable[["Link", int | None, int, str, bytes, Mapping[str, Any]], None]
+"""(link, packet id or None for QoS 0, qos, topic, payload, MQTT 5 properties incl. retain)."""
+
+
+async def _no_reconnect(*args: object, **kwargs: object) -> None:
+    """Replaces gmqtt's reconnect: a lost Link stays lost; MqttSource makes a new one."""
+
+
+class Link:
+    """One connection: connect, subscribe, deliver publishes, ack, pause, close. Never reused."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        ssl_context: ssl.SSLContext | None,
+        on_publish: PublishCallback,
+        on_lost: Callable[["Link"], None],
+    ) -> None:
+        self._settings = settings
+        self._ssl = ssl_context
+        self._on_publish = on_publish
+        self._on_lost = on_lost
+        properties: dict[str, int] = {}
+        if settings.protocol == 5:
+            properties = {
+                "session_expiry_interval": int(settings.session_expiry),
+                "receive_maximum": settings.receive_maximum,
+            }
+        client = gmqtt.Client(
+            settings.client_id,
+            clean_session=False,
+            optimistic_acknowledgement=False,
+            logger=logging.getLogger("gmqtt"),
+            **properties,
+        )
+        if settings.username is not None:
+            client.set_auth_credentials(settings.username, settings.password)
+        handler = client._package_handler
+        handler._reconnect_callback = _no_reconnect
+        handler._handle_qos_1_publish_packet = self._on_qos1
+        handler._handle_qos_2_publish_packet = self._on_qos2
+        client.on_message = self._on_qos0
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_suback
+        client.on_unsubscribe = self._on_unsuback
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self.session_present = False
+        self.connected_at = 0.0
+        self._lost = False
+        self._lost_future: asyncio.Future[None] = self._loop.create_future()
+        self._pending: dict[int, asyncio.Future[tuple[int, ...]]] = {}
+        self._acks = bytearray()
+        self._flush_handle: asyncio.Handle | None = None
+        self._paused = False
+        self._resumed_at = 0.0
+        self._keepalive_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """TCP (+TLS) and CONNACK with clean start off; raises OSError, TimeoutError or
+        ConnectRefused."""
+        settings = self._settings
+        address = settings.address
+        version = MQTTv50 if settings.protocol == 5 else MQTTv311
+        keepalive = max(1, math.ceil(settings.keepalive))
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                await self._client.connect(
+                    address.host,
+                    address.port,
+                    ssl=self._ssl or False,
+                    keepalive=keepalive,
+                    version=version,
+                    raise_exc=True,
+                )
+        except MQTTConnectError as exc:
+            code: int = exc._code
+            permanent = code in (_PERMANENT_V5 if settings.protocol == 5 else _PERMANENT_V311)
+            self.abort()
+            raise ConnectRefused(code, exc.message, permanent=permanent) from exc
+        except BaseException:
+            self.abort()
+            raise
+        if self._lost:
+            raise ConnectionError("connection lost right after CONNACK")
+        connection = self._client._connection
+        connection._keep_connection_callback.cancel()  # ours runs instead, see module docstring
+        self.connected_at = self._resumed_at = time.monotonic()
+        self._keepalive_task = asyncio.create_task(
+            self._keepalive(connection, connection.keepalive), name="mqtt-keepalive"
+        )
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    async def wait_lost(self) -> None:
+        await asyncio.shield(self._lost_future)
+
+    async def close(self) -> None:
+        """Flush pending acks, send DISCONNECT (the session stays for its expiry), close."""
+        if self._lost:
+            return
+        self._flush()
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):
+                await self._client.disconnect()
+        except (OSError, TimeoutError) as exc:
+            log.debug("closing the MQTT connection: %s", exc)
+        finally:
+            self._mark_lost()
+
+    def abort(self) -> None:
+        """Drop the connection at once, without DISCONNECT (the broker keeps what is unacked)."""
+        connection = self._client._connection
+        if connection is not None and not connection.is_closing():
+            connection._transport.abort()
+        self._mark_lost()
+
+    def _mark_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._acks.clear()
+        if self._keepalive_task is not None and self._keepalive_task is not asyncio.current_task():
+            self._keepalive_task.cancel()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("MQTT connection lost"))
+        self._pending.clear()
+        self._lost_future.set_result(None)
+        connection = self._client._connection
+        if connection is not None and not connection.is_closing():
+            connection._transport.abort()  # e.g. after a DISCONNECT sent by the broker
+        self._on_lost(self)
+
+    async def _keepalive(self, connection: Any, keepalive: int) -> None:
+        """Ping when idle; declare the broker dead after 2x keepalive of silence while reading."""
+        if not keepalive:
+            return
+        while not self._lost and not connection.is_closing():
+            await asyncio.sleep(keepalive / 4)
+            now = time.monotonic()
+            idle_in = now - max(connection._last_data_in, self._resumed_at)
+            if not self._paused and idle_in >= 2 * keepalive:
+                log.warning("MQTT broker silent for %.1f s; dropping the connection", idle_in)
+                self.abort()
+                return
+            idle_out = now - connection._last_data_out
+            if idle_out >= keepalive / 2 or (not self._paused and idle_in >= keepalive / 2):
+                connection._send_ping_request()
+
+    # --- subscriptions ------------------------------------------------------------------------
+
+    async def subscribe(self, filters: Mapping[str, int]) -> dict[str, int]:
+        """SUBSCRIBE in one packet; returns the refused filters with their reason codes."""
+        topics = list(filters)
+        # MQTT 5 retain handling 1: retained messages only for a subscription the session did
+        # not hold already, so resubscribing after a reconnect does not replay them.
+        retain_handling = 1 if self._settings.protocol == 5 else 0
+        subscriptions = [
+            gmqtt.Subscription(topic, qos=qos, retain_handling_options=retain_handling)
+            for topic, qos in filters.items()
+        ]
+        codes = await self._request(self._client._connection.subscribe(subscriptions))
+        return {topic: code for topic, code in zip(topics, codes, strict=False) if code >= 0x80}
+
+    async def unsubscribe(self, topics: list[str]) -> None:
+        await self._request(self._client._connection.unsubscribe(topics))
+
+    async def _request(self, mid: int) -> tuple[int, ...]:
+        if self._lost:
+            raise ConnectionError("MQTT connection lost")
+        future: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
+        self._pending[mid] = future
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):
+                return await future
+        finally:
+            self._pending.pop(mid, None)
+
+    def _on_suback(self, client: object, mid: int, codes: tuple[int, ...], props: object) -> None:
+        future = self._pending.get(mid)
+        if future is not None and not future.done():
+            future.set_result(tuple(codes))
+
+    def _on_unsuback(self, client: object, mid: int, codes: tuple[int, ...]) -> None:
+        self._on_suback(client, mid, codes, None)
+
+    # --- incoming messages and acks -----------------------------------------------------------
+
+    def _on_qos0(
+        self, client: object, topic: str, payload: bytes, qos: int, props: Mapping[str, Any]
+    ) -> None:
+        self._on_publish(self, None, 0, topic, payload, props)
+
+    def _on_qos1(self, mid: int, payload: bytes, topic: str, props: Mapping[str, Any]) -> None:
+        self._on_publish(self, mid, 1, topic, payload, props)
+
+    def _on_qos2(self, mid: int, payload: bytes, topic: str, props: Mapping[str, Any]) -> None:
+        self._on_publish(self, mid, 2, topic, payload, props)
+
+    def ack(self, mid: int, qos: int) -> None:
+        """PUBACK (QoS 1) or PUBREC (QoS 2), written with the others of this loop iteration.
+
+        Dropped when the connection is gone: the broker redelivers on the next one."""
+        if self._lost:
+            return
+        self._acks += _PUBACK if qos == 1 else _PUBREC
+        self._acks += mid.to_bytes(2, "big")
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    async def flush(self, timeout: float) -> None:
+        """Write pending acks now and wait until the socket has taken them (or `timeout`)."""
+        self._flush()
+        transport = self._client._connection._transport
+        deadline = time.monotonic() + timeout
+        while not self._lost and transport.get_write_buffer_size():
+            if time.monotonic() > deadline:
+                log.warning("acks still unsent after %.1f s", timeout)
+                return
+            await asyncio.sleep(0.005)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._lost or not self._acks:
+            return
+        connection = self._client._connection
+        if connection.is_closing():
+            return
+        connection._last_data_out = time.monotonic()
+        connection._transport.write(bytes(self._acks))
+        self._acks.clear()
+
+    def _on_connect(self, client: object, session_present: int, rc: int, props: object) -> None:
+        self.session_present = bool(session_present)
+
+    def _on_disconnect(self, client: object, packet: object, exc: object = None) -> None:
+        self._mark_lost()
+
+    # --- flow control -------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop reading the socket; packets already read are still delivered."""
+        self._paused = True
+        connection = self._client._connection
+        if connection is None or connection.is_closing():
+            return
+        transport = connection._transport
+        with contextlib.suppress(RuntimeError):
+            if transport.is_reading():
+                transport.pause_reading()
+        # The StreamReader must not resume the transport when its buffer drains.
+        connection._protocol._hard_reader._paused = False
+
+    def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self._resumed_at = time.monotonic()
+        connection = self._client._connection
+        if connection is None or connection.is_closing():
+            return
+        transport = connection._transport
+        if not transport.is_reading():
+            transport.resume_reading()

@@ -1,0 +1,386 @@
+"""MqttSource: one persistent MQTT session feeding the pipeline, acked only when it says so.
+
+Delivery contract with the handler:
+- It is called synchronously, once per message, in the order the messages came off the socket,
+  and never while the source is paused (packets read before `pause()` wait in a small queue,
+  bounded by one socket read, and are handed over first after `resume()`). So whatever the
+  handler does before its first await happens in arrival order, which keeps per-topic order.
+- Returning None acknowledges at once. Returning an awaitable holds the PUBACK (QoS 1) or
+  PUBREC (QoS 2) until it completes; QoS 0 never waits. Acks leave in completion order, not
+  arrival order (MQTT 5 4.6.0-2 asks for arrival order; brokers do not depend on it, and keeping
+  it would let one slow stream hold every other message's ack).
+- If the awaitable (or the handler itself) raises, the message is not acked and the connection
+  is dropped: an unacked message is only redelivered on a new connection (MQTT forbids resending
+  on the same one), so leaving it unacked would park it, and a slot of the receive window, until
+  some unrelated reconnect. Every other unacked message of that connection comes again too
+  (at-least-once allows that). If the awaitable is cancelled (shutdown) the message is just left
+  unacked; the broker delivers it to the next session.
+
+Subscriptions: the broker is asked for a non-overlapping cover of the wanted filters (see
+_filters.py), because brokers send one copy per matching subscription.
+
+Reconnecting: capped exponential backoff with jitter; after every (re)connect all wanted
+subscriptions are sent again (cheap, and needed when the broker lost the session), and filters
+the session may still hold but nobody wants any more are unsubscribed.
+"""
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from bridge.mqtt._errors import ConnectRefused, MqttError, SubscribeRefused
+from bridge.mqtt._filters import non_overlapping
+from bridge.mqtt._link import Link
+from bridge.mqtt._model import Handler, Message, MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempt: int, low: float, high: float) -> float:
+    """Delay before retry number `attempt` (0-based): low * 2**attempt capped at high, times a
+    random factor in [0.5, 1] so that replicas restarted together do not reconnect in step."""
+    return min(high, math.ldexp(low, min(attempt, 32))) * random.uniform(0.5, 1.0)
+
+
+class MqttSource:
+    """An async context manager that keeps one MQTT session up and hands messages to `handler`."""
+
+    def __init__(self, settings: MqttSettings, handler: Handler) -> None:
+        self.settings = settings
+        self._handler = handler
+        self._ssl = settings.ssl_context()
+        self._prefix = f"$share/{settings.shared_group}/" if settings.shared_group else ""
+        self._wanted: dict[str, int] = {}  # filter (without $share prefix) -> qos, as asked
+        self._session: set[str] = set()  # filters the broker's session may hold (non-overlapping)
+        self._subscription_lock = asyncio.Lock()
+        self._link: Link | None = None  # the connection that is up, subscribed and current
+        self._up = asyncio.Event()  # set while _link is
+        self._paused = False
+        self._held: deque[tuple[Link, int | None, Message]] = deque()
+        self._drain_scheduled = False
+        self._inflight = 0
+        self._runner: asyncio.Task[None] | None = None
+        self._first_attempt: asyncio.Future[None] | None = None
+        self._closing = False
+        self.reconnects = 0
+        self.on_connection_change: Callable[[bool], None] | None = None
+
+    # --- public surface -----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and not self._link.lost
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def inflight(self) -> int:
+        """Messages handed to the handler whose awaitable has not completed yet."""
+        return self._inflight
+
+    @property
+    def subscriptions(self) -> dict[str, int]:
+        """The wanted filters (without the $share prefix) and their QoS."""
+        return dict(self._wanted)
+
+    async def __aenter__(self) -> "MqttSource":
+        """Start connecting; returns after the first attempt. Raises ConnectRefused if the broker
+        refuses for good (bad credentials, ...); a broker that is down is retried in the
+        background (`connected` stays False until it is up)."""
+        loop = asyncio.get_running_loop()
+        self._first_attempt = loop.create_future()
+        self._runner = asyncio.create_task(self._run(), name="mqtt-source")
+        try:
+            await asyncio.shield(self._first_attempt)
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Wait until a connection is up and subscribed; TimeoutError after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._up.wait()
+
+    async def set_subscriptions(self, filters: Mapping[str, int]) -> None:
+        """Make `filters` (filter -> QoS) the wanted subscriptions: subscribe new or changed ones,
+        unsubscribe removed ones. Applied now when connected, else on the next connect, and
+        again after every reconnect. Raises SubscribeRefused for filters the broker refused
+        (they stay wanted), MqttError when the connection drops meanwhile (retried on reconnect).
+        """
+        for topic, qos in filters.items():
+            if qos not in (0, 1, 2) or not topic:
+                raise ValueError(f"bad subscription {topic!r}: qos {qos}")
+        async with self._subscription_lock:
+            old = non_overlapping(self._wanted)
+            self._wanted = dict(filters)
+            new = non_overlapping(self._wanted)
+            link = self._link
+            if link is None or link.lost:
+                return
+            added = {t: q for t, q in new.items() if old.get(t) != q}
+            removed = [t for t in old if t not in new]
+            try:
+                await self._apply(link, added, removed)
+            except (ConnectionError, TimeoutError) as exc:
+                problem = f"subscriptions not confirmed, retried on reconnect: {exc}"
+                raise MqttError(problem) from exc
+
+    async def flush_acks(self, timeout: float = 5.0) -> None:
+        """Send the acks of every handler awaitable that has completed and wait (at most
+        `timeout` seconds) until they have left the process. For shutdown: after the pipeline
+        has flushed, before leaving the context, so stored messages are not delivered again."""
+        for _ in range(3):  # done callbacks of just-completed awaitables (and wrapping tasks)
+            await asyncio.sleep(0)
+        link = self._link
+        if link is not None:
+            await link.flush(timeout)
+
+    def pause(self) -> None:
+        """Stop handing messages over and stop reading the socket (TCP backpressure). The
+        session stays up: pings continue and silence while paused is not taken for a dead
+        broker."""
+        self._paused = True
+        if self._link is not None:
+            self._link.pause()
+
+    def resume(self) -> None:
+        """Hand over what was read before the pause, then read the socket again."""
+        if not self._paused:
+            return
+        self._paused = False
+        if self._held:
+            self._schedule_drain()
+        elif self._link is not None:
+            self._link.resume()
+
+    # --- connection supervision ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        first = True
+        while not self._closing:
+            link = Link(self.settings, self._ssl, self._on_publish, self._on_lost)
+            failure: BaseException | None = None
+            try:
+                await link.connect()
+                await self._set_up(link)
+            except ConnectRefused as exc:
+                if exc.permanent and first:
+                    self._settle_first(exc)
+                    return
+                failure = exc
+            except (OSError, TimeoutError, MqttError) as exc:
+                link.abort()
+                failure = exc
+            except BaseException:
+                link.abort()
+                raise
+            else:
+                if not first:
+                    self.reconnects += 1
+                first = False
+                self._settle_first(None)
+                log.info(
+                    "MQTT connected to %s as %r (session present: %s)",
+                    self.settings.url,
+                    self.settings.client_id,
+                    link.session_present,
+                )
+                self._notify(True)
+                await link.wait_lost()
+                self._notify(False)
+                log.warning("MQTT connection to %s lost; reconnecting", self.settings.url)
+                if time.monotonic() - link.connected_at >= self.settings.reconnect_max:
+                    attempt = 0  # it was stable: start the backoff again from the bottom
+            if failure is not None:
+                log.warning("MQTT connect to %s failed: %r", self.settings.url, failure)
+            self._settle_first(None)
+            delay = backoff_delay(attempt, self.settings.reconnect_min, self.settings.reconnect_max)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _set_up(self, link: Link) -> None:
+        """Resubscribe everything wanted, unsubscribe leftovers, then make `link` current."""
+        async with self._subscription_lock:
+            if not link.session_present:
+                self._session.clear()
+            wanted = non_overlapping(self._wanted)
+            removed = [t for t in self._session if t not in wanted]
+            await self._apply(link, wanted, removed, tolerate_refusals=True)
+            if link.lost:
+                raise ConnectionError("MQTT connection lost while subscribing")
+            self._link = link
+            self._up.set()
+            if self._paused:
+                link.pause()
+
+    async def _apply(
+        self,
+        link: Link,
+        added: Mapping[str, int],
+        removed: list[str],
+        *,
+        tolerate_refusals: bool = False,
+    ) -> None:
+        # Subscribe before unsubscribing: a filter replaced by a wider one has no gap (at most
+        # a few messages come twice while both are held).
+        refused: dict[str, int] = {}
+        if added:
+            self._session.update(added)
+            refused = await link.subscribe({self._prefix + t: q for t, q in added.items()})
+            refused = {t.removeprefix(self._prefix): c for t, c in refused.items()}
+        if removed:
+            await link.unsubscribe([self._prefix + t for t in removed])
+            self._session.difference_update(removed)
+        if refused:
+            if not tolerate_refusals:
+                raise SubscribeRefused(refused)
+            log.error("%s", SubscribeRefused(refused))
+
+    def _on_lost(self, link: Link) -> None:
+        if link is self._link:
+            self._link = None
+            self._up.clear()
+        if self._held:
+            # Those messages will come again on the next connection; their acks could not leave.
+            self._held = deque(item for item in self._held if not item[0].lost)
+
+    def _settle_first(self, exc: BaseException | None) -> None:
+        future = self._first_attempt
+        if future is not None and not future.done():
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
+
+    def _notify(self, connected: bool) -> None:
+        callback = self.on_connection_change
+        if callback is None:
+            return
+        try:
+            callback(connected)
+        except Exception:
+            log.exception("on_connection_change callback failed")
+
+    async def _stop(self) -> None:
+        self._closing = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            try:
+                await runner
+            except asyncio.CancelledError:
+                pass
+            except ConnectRefused:
+                pass  # already raised from __aenter__
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+            self._notify(False)
+        self._held.clear()
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    def _on_publish(
+        self,
+        link: Link,
+        mid: int | None,
+        qos: int,
+        topic: str | bytes,
+        payload: bytes,
+        properties: Mapping[str, Any],
+    ) -> None:
+        if isinstance(topic, bytes):  # gmqtt passes bytes when the topic is not valid UTF-8
+            topic = topic.decode("utf-8", errors="replace")
+        message = Message(
+            topic=topic,
+            payload=payload,
+            qos=qos,
+            retain=bool(properties.get("retain")),
+            user_properties=tuple(properties.get("user_property", ())),
+            received_at=time.monotonic(),
+        )
+        if self._paused or self._held:
+            self._held.append((link, mid, message))
+        else:
+            self._deliver(link, mid, message)
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain_held)
+
+    def _drain_held(self) -> None:
+        """After resume(): deliver what was read before the pause, in order, then read again."""
+        self._drain_scheduled = False
+        held = self._held
+        while held and not self._paused:
+            link, mid, message = held.popleft()
+            if not link.lost:
+                self._deliver(link, mid, message)
+        if not self._paused and self._link is not None:
+            self._link.resume()
+
+    def _deliver(self, link: Link, mid: int | None, message: Message) -> None:
+        try:
+            result = self._handler(message)
+        except Exception:
+            log.exception("MQTT message handler failed on %r; redelivery follows", message.topic)
+            if mid is not None:
+                link.abort()
+            return
+        if result is None:
+            if mid is not None:
+                link.ack(mid, message.qos)
+            return
+        if isinstance(result, asyncio.Future) and result.done():
+            self._settle(link, mid, message, result)
+            return
+        future = asyncio.ensure_future(result)
+        self._inflight += 1
+        future.add_done_callback(lambda f: self._settle(link, mid, message, f, counted=True))
+
+    def _settle(
+        self,
+        link: Link,
+        mid: int | None,
+        message: Message,
+        future: "asyncio.Future[Any]",
+        *,
+        counted: bool = False,
+    ) -> None:
+        if counted:
+            self._inflight -= 1
+        if future.cancelled():
+            return  # shutting down: leave it unacked, the next session gets it
+        exc = future.exception()
+        if exc is not None:
+            if mid is None:
+                log.warning("QoS 0 message on %r failed: %s", message.topic, exc)
+                return
+            log.error(
+                "MQTT message on %r failed (%s); dropping the connection so it is redelivered",
+                message.topic,
+                exc,
+            )
+            link.abort()
+            return
+        if mid is not None:
+            link.ack(mid, message.qos)

@@ -1,0 +1,140 @@
+"""MqttSource acks a message only after the handler's awaitable completes successfully."""
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridge.mqtt import MqttSource
+from tests.mqtt.collector import Collector, Mode, settings_for
+from tests.support.mosquitto import Mosquitto, publish
+
+TOPIC = "ack/t"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _publish(broker: Mosquitto, *payloads: bytes, qos: int = 1) -> None:
+    messages = [(TOPIC, p) for p in payloads]
+    await asyncio.to_thread(publish, broker.host, broker.port, messages, qos=qos)
+
+
+async def _after_reconnect(broker: Mosquitto, client_id: str) -> list[bytes]:
+    """Resume the session and return what comes before a fresh marker message; Mosquitto
+    resends a session's unacked messages before anything published later."""
+    collector = Collector("ack")
+    async with MqttSource(settings_for(broker, client_id), collector) as source:
+        await source.wait_connected(10)
+        await source.set_subscriptions({TOPIC: 2})
+        await _publish(broker, b"marker")
+        await collector.wait_payloads({b"marker"})
+    return collector.payloads[: collector.payloads.index(b"marker")]
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_message_with_unfinished_handler_is_redelivered_to_the_resumed_session(
+    mosquitto: Mosquitto, qos: int
+) -> None:
+    collector = Collector("hold")
+    async with MqttSource(settings_for(mosquitto, f"held-{qos}"), collector) as source:
+        await source.wait_connected(10)
+        await source.set_subscriptions({TOPIC: qos})
+        await _publish(mosquitto, b"m1", qos=qos)
+        await collector.wait_count(1)
+        assert source.inflight == 1
+    assert await _after_reconnect(mosquitto, f"held-{qos}") == [b"m1"]
+
+
+@pytest.mark.parametrize("mode", ["ack", "done", "hold-then-release"])
+async def test_message_is_acked_once_the_handler_is_done(mosquitto: Mosquitto, mode: str) -> None:
+    modes: dict[str, Mode] = {"ack": "ack", "done": "done", "hold-then-release": "hold"}
+    collector = Collector(modes[mode])
+    async with MqttSource(settings_for(mosquitto, f"acked-{mode}"), collector) as source:
+        await source.wait_connected(10)
+        await source.set_subscriptions({TOPIC: 1})
+        await _publish(mosquitto, b"m1", b"m2")
+        await collector.wait_count(2)
+        collector.release()
+        async with asyncio.timeout(10):
+            while source.inflight:  # noqa: ASYNC110 - a counter, no event to wait on
+                await asyncio.sleep(0.01)
+    assert await _after_reconnect(mosquitto, f"acked-{mode}") == []
+
+
+async def test_failed_handler_drops_the_connection_and_the_message_comes_again(
+    mosquitto: Mosquitto,
+) -> None:
+    collector = Collector("fail")
+    async with MqttSource(settings_for(mosquitto, "failing"), collector) as source:
+        await source.wait_connected(10)
+        await source.set_subscriptions({TOPIC: 1})
+        await _publish(mosquitto, b"m1")
+        await collector.wait_count(1)
+        collector.mode = "ack"
+        await collector.wait_count(2)
+        await source.wait_connected(10)
+        assert collector.payloads == [b"m1", b"m1"]
+        assert source.reconnects == 1
+    assert await _after_reconnect(mosquitto, "failing") == []
+
+
+CRASHING_BRIDGE = textwrap.dedent(
+    """
+    import asyncio, sys
+    from bridge.mqtt import MqttSettings, MqttSource
+
+    async def main() -> None:
+        never = asyncio.get_running_loop().create_future()
+
+        def handler(message):
+            print("got", message.payload.decode(), flush=True)
+            return never
+
+        settings = MqttSettings(url=sys.argv[1], client_id="crashing")
+        async with MqttSource(settings, handler) as source:
+            await source.wait_connected(10)
+            await source.set_subscriptions({sys.argv[2]: 1})
+            print("ready", flush=True)
+            await never
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_message_in_flight_when_the_process_is_killed_is_redelivered(
+    mosquitto: Mosquitto,
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_BRIDGE, mosquitto.url, TOPIC,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(20):
+            assert await process.stdout.readline() == b"ready\n"
+            await _publish(mosquitto, b"m1")
+            assert await process.stdout.readline() == b"got m1\n"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    assert await _after_reconnect(mosquitto, "crashing") == [b"m1"]
+
+
+async def test_flush_acks_sends_acks_of_just_completed_handlers_before_exit(
+    mosquitto: Mosquitto,
+) -> None:
+    collector = Collector("hold")
+    async with MqttSource(settings_for(mosquitto, "flushed"), collector) as source:
+        await source.wait_connected(10)
+        await source.set_subscriptions({TOPIC: 1})
+        await _publish(mosquitto, b"m1", b"m2")
+        await collector.wait_count(2)
+        collector.release()
+        await source.flush_acks()
+        assert source.inflight == 0
+    assert await _after_reconnect(mosquitto, "flushed") == []
