@@ -37,8 +37,9 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
     "asctime",
     "taskName",
 }
-# Libraries that are chatty at INFO (uvicorn.access: a line per request).
-_QUIET_AT_INFO = ("uvicorn.access",)
+# Libraries that are chatty at INFO (uvicorn.access: a line per request; gmqtt: a line per
+# connect and subscribe).
+_QUIET_AT_INFO = ("uvicorn.access", "gmqtt")
 
 
 def _timestamp(created: float) -> str:

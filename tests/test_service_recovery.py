@@ -21,9 +21,10 @@ from tests.support.store import subprocess_store
 RULE = {"id": "tele", "topic": "tele/{dev}", "stream": "tele", "key": "${dev}"}
 
 
-def numbered(start: int, count: int, devices: int = 10) -> list[tuple[str, bytes]]:
+def numbered(start: int, count: int, devices: int = 10, pad: int = 0) -> list[tuple[str, bytes]]:
     return [
-        (f"tele/d{n % devices}", json.dumps({"n": n}).encode()) for n in range(start, start + count)
+        (f"tele/d{n % devices}", json.dumps({"n": n, "pad": "x" * pad}).encode())
+        for n in range(start, start + count)
     ]
 
 
@@ -117,8 +118,9 @@ async def test_store_outage_is_waited_out_within_the_byte_budget(
             await wait_for_records(store.url, "tele", 500)
             store.kill()
             outage_started = time.monotonic()
-            messages = numbered(500, 6000)
-            # ~200 bytes a record: 6000 records are ~4x the budget.
+            # ~1 KiB a record: the broker's window alone (Receive Maximum 1000) would hold
+            # 4x the budget, and all 6000 messages are 24x it.
+            messages = numbered(500, 6000, pad=1000)
             thread, errors = paced_publisher(mosquitto, messages, seconds=8.0)
             await asyncio.to_thread(thread.join, 60)
             assert not errors, errors

@@ -1,0 +1,67 @@
+"""Settings: flags over environment over the TOML file, and clear errors for bad values."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bridge.cli import build_parser
+from bridge.settings import ConfigFileError, Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_flag_beats_env_beats_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text('client_id = "file"\nlinger = 0.5\nmqtt-url = "mqtt://file:1883"\n')
+    monkeypatch.setenv("HSTREAM_BRIDGE_CLIENT_ID", "env")
+    monkeypatch.setenv("HSTREAM_BRIDGE_LINGER", "0.25")
+    args = build_parser().parse_args(["run", "--config", str(config), "--client-id", "flag"])
+    flags = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
+    settings = load_settings(flags, args.config)
+    assert settings.client_id == "flag"
+    assert settings.linger == 0.25
+    assert settings.mqtt_url == "mqtt://file:1883"
+
+
+def test_rules_come_from_toml_tables(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text('[[rules]]\nid = "t"\ntopic = "a/{x}"\nstream = "s_${x}"\nqos = 1\n')
+    settings = load_settings({}, config)
+    assert settings.rules == [{"id": "t", "topic": "a/{x}", "stream": "s_${x}", "qos": 1}]
+
+
+def test_boolean_flags_have_a_negative_form() -> None:
+    args = build_parser().parse_args(["run", "--no-auto-create-streams", "--log-json"])
+    assert args.auto_create_streams is False
+    assert args.log_json is True
+
+
+def test_invalid_values_name_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="dead_letter_stream"):
+        load_settings({"dead_letter_stream": "9 bad"})
+    with pytest.raises(ValidationError, match="buffer_bytes"):
+        load_settings({"buffer_bytes": "2048", "batch_max_bytes": "4096"})
+    with pytest.raises(ValidationError, match="unknown_key"):
+        config = tmp_path / "bad.toml"
+        config.write_text("unknown_key = 1\n")
+        load_settings({}, config)
+
+
+def test_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="cannot read config file"):
+        load_settings({}, tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("client_id = \n")
+    with pytest.raises(ConfigFileError, match=r"broken\.toml"):
+        load_settings({}, broken)
+
+
+def test_readme_documents_every_flag() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [
+        "--" + name.replace("_", "-")
+        for name in Settings.model_fields
+        if name != "rules" and f"`--{name.replace('_', '-')}`" not in readme
+    ]
+    assert not missing, f"README lacks {missing}; regenerate with scripts/settings_table.py"
