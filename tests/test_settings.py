@@ -42,9 +42,9 @@ def test_invalid_values_name_the_setting(tmp_path: Path) -> None:
         load_settings({"dead_letter_stream": "9 bad"})
     with pytest.raises(ValidationError, match="buffer_bytes"):
         load_settings({"buffer_bytes": "2048", "batch_max_bytes": "4096"})
+    config = tmp_path / "bad.toml"
+    config.write_text("unknown_key = 1\n")
     with pytest.raises(ValidationError, match="unknown_key"):
-        config = tmp_path / "bad.toml"
-        config.write_text("unknown_key = 1\n")
         load_settings({}, config)
 
 
