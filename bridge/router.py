@@ -87,7 +87,7 @@ class Router:
         if route.rule.payload == "json":
             try:
                 struct = struct_bytes(json_object(message.payload))
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, OverflowError) as exc:  # UnicodeDecodeError is a ValueError
                 return self._dead(
                     message, route, attributes, deadletter.REASON_INVALID_JSON, str(exc)
                 )

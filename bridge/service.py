@@ -10,7 +10,6 @@ without a will, so the broker keeps it and redelivers whatever was not acknowled
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -19,10 +18,11 @@ from types import TracebackType
 from typing import Any
 
 from bridge.accumulator import Accumulator, Delivery, Item
+from bridge.api import RuleConflict, RuleMissing, is_loopback, parse_listen, serve_api
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.records import Compression
 from bridge.metrics import BridgeMetrics
-from bridge.mqtt import Message, MqttSettings, MqttSource
+from bridge.mqtt import Message, MqttError, MqttSettings, MqttSource
 from bridge.router import Output, Router
 from bridge.sender import Sender, SenderConfig
 from bridge.settings import Settings
@@ -32,24 +32,6 @@ logger = logging.getLogger(__name__)
 
 RULES_FILE = "rules.json"
 STORE_DIR = "store"
-
-
-class RuleConflict(Exception):
-    """A rule with that id exists already."""
-
-
-class RuleMissing(Exception):
-    """No rule has that id."""
-
-
-def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Events:
@@ -112,7 +94,7 @@ class Bridge:
     async def _start(self) -> None:
         settings = self.settings
         self._loop = asyncio.get_running_loop()
-        if not settings.api_token and not is_loopback(settings.api_listen):
+        if not settings.api_token and not is_loopback(parse_listen(settings.api_listen)[0]):
             raise ValueError(
                 f"refusing to serve the HTTP API on {settings.api_listen} without --api-token"
             )
@@ -125,8 +107,6 @@ class Bridge:
         )
         self.metrics.rules_loaded.set(len(self.rules))
         self.metrics.budget_bytes.set(settings.buffer_bytes)
-
-        from bridge.api import serve_api
 
         self.api_url = await self._stack.enter_async_context(serve_api(self))
 
@@ -343,9 +323,14 @@ class Bridge:
         self.router.matcher = matcher
         self.rules = rules
         self.metrics.rules_loaded.set(len(rules))
-        if self.source is not None:
-            await self.source.set_subscriptions(matcher.subscriptions())
         logger.info("rules changed: %d rules", len(rules))
+        if self.source is not None:
+            try:
+                await self.source.set_subscriptions(matcher.subscriptions())
+            except MqttError as exc:
+                # Saved and routing already; the source applies its wanted subscriptions again
+                # on the next connection.
+                logger.warning("rules saved, but the broker refused a subscription change: %s", exc)
 
     def dry_run(
         self,

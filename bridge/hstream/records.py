@@ -11,6 +11,7 @@ caller can count exact bytes before it decides where a batch ends.
 import enum
 import gzip
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,9 +205,50 @@ def decode_received(record_ids: Sequence[Any], batch: Any) -> list[ReceivedRecor
     return out
 
 
+MAX_JSON_DEPTH = 100
+"""protobuf refuses to parse a Struct nested deeper than this (its recursion limit)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON and cannot be stored in a JSON record")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is beyond a double and cannot be stored")
+    return value
+
+
+def _depth(value: Any) -> int:
+    depth = 0
+    level = [value]
+    while level:
+        depth += 1
+        next_level: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                next_level.extend(item.values())
+            elif isinstance(item, list):
+                next_level.extend(item)
+        level = next_level
+    return depth - 1
+
+
 def json_object(payload: bytes) -> dict[str, Any]:
-    """Parse a JSON object payload; raises ValueError for anything else."""
-    value = json.loads(payload)
+    """Parse a JSON object payload that a protobuf Struct can hold; ValueError for anything else.
+
+    Refused: invalid JSON, anything but an object, NaN and Infinity, numbers beyond a double,
+    and nesting deeper than protobuf will parse back.
+    """
+    try:
+        value = json.loads(payload, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON payload is nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"JSON payload is a {type(value).__name__}, not an object")  # noqa: TRY004
+    if payload.count(b"{") + payload.count(b"[") > MAX_JSON_DEPTH and (
+        _depth(value) > MAX_JSON_DEPTH
+    ):
+        raise ValueError(f"JSON payload is nested deeper than {MAX_JSON_DEPTH} levels")
     return value

@@ -1,0 +1,107 @@
+"""`create_app(bridge)`: the FastAPI application, with the bridge on `app.state`.
+
+No module globals: every app serves the bridge it was made for, so tests and several bridges
+in one process do not share state.
+"""
+
+import json
+import math
+from typing import Any, Final
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from bridge import __version__
+from bridge.api.deps import UNAUTHORIZED, AuthDep
+from bridge.api.limits import MAX_BODY_BYTES, BodySizeLimit
+from bridge.api.protocol import BridgeApi
+from bridge.api.routes import health, metrics, rules
+
+DESCRIPTION: Final = """\
+Manage the routing rules of an MQTT to HStreamDB bridge, try messages against them, and watch
+its health.
+
+A rule routes every MQTT message whose topic matches its filter to an HStreamDB stream:
+
+```json
+{"id": "temps", "topic": "sensors/{site}/+/temp", "stream": "temps_${site}",
+ "key": "${site}", "payload": "raw", "qos": 1, "enabled": true}
+```
+
+`{site}` in the filter captures one topic level; `${site}` and `${topic}` in `stream` and `key`
+are replaced per message. Changes take effect at once, without a restart, and persist.
+
+**Authentication.** When the bridge runs with `--api-token`, every `/rules` endpoint needs
+`Authorization: Bearer <token>` (401 otherwise), and this document declares the bearer scheme;
+without a token it declares none. `/health`, `/ready` and `/metrics` stay open for probes and
+scrapers, and so do `/docs` and `/openapi.json`: they describe the API and reveal no rules or
+data.
+
+**Errors.** Invalid input is 422 with FastAPI's `detail` list, whose `loc` names the field;
+a duplicate id is 409, an unknown id 404, a body over the size limit 413.
+"""
+
+TAGS: Final = [
+    {"name": "rules", "description": "Routing rules: CRUD and dry runs"},
+    {"name": "health", "description": "Liveness and readiness probes (no token needed)"},
+    {"name": "metrics", "description": "Prometheus metrics (no token needed)"},
+]
+
+
+def create_app(bridge: BridgeApi, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The HTTP API for `bridge`; serve it with `serve_api` (or any ASGI server)."""
+    app = FastAPI(
+        title="hstream-bridge",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.bridge = bridge
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if bridge.settings.api_token:
+        # Declared only when required, so the OpenAPI document tells clients the truth.
+        app.include_router(rules.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
+    else:
+        app.include_router(rules.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    return app
+
+
+class _EscapedJSONResponse(JSONResponse):
+    """Strict JSON with non-ASCII escaped, so any decoded input can be echoed back.
+
+    A 422 echoes the offending input, and Python's JSON parser lets a body carry what strict
+    JSON output cannot: a lone surrogate (`"\\ud800"`, not encodable as UTF-8) or `NaN` and
+    `Infinity`. FastAPI's default handler fails on both with a 500. Here surrogates travel as
+    `\\u` escapes and non-finite numbers as the strings "NaN", "Infinity", "-Infinity".
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            _finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's standard 422 body (`{"detail": [...]}`), safe for any input."""
+    assert isinstance(exc, RequestValidationError)
+    return _EscapedJSONResponse(
+        {"detail": jsonable_encoder(exc.errors())},
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )

@@ -1,0 +1,112 @@
+"""What the HTTP API needs from the bridge, as a `typing.Protocol`, and the errors it maps.
+
+The API depends on this surface only, never on `bridge.service`: the service's `Bridge`
+satisfies it structurally, and a unit test can serve the API over a small in-memory
+implementation. `RuleConflict` and `RuleMissing` live here because they are part of the
+contract: the bridge raises them, the API turns them into 409 and 404.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from rules import Rule
+
+__all__ = ["ApiSettings", "BridgeApi", "DryRunOutput", "Metrics", "RuleConflict", "RuleMissing"]
+
+
+class RuleConflict(Exception):
+    """A rule with that id exists already (HTTP 409)."""
+
+    def __init__(self, rule_id: str) -> None:
+        super().__init__(rule_id)
+        self.rule_id = rule_id
+
+
+class RuleMissing(Exception):
+    """No rule has that id (HTTP 404)."""
+
+    def __init__(self, rule_id: str) -> None:
+        super().__init__(rule_id)
+        self.rule_id = rule_id
+
+
+class ApiSettings(Protocol):
+    """The settings the API reads: where to listen and the bearer token, if any."""
+
+    @property
+    def api_listen(self) -> str: ...
+
+    @property
+    def api_token(self) -> str | None: ...
+
+
+class Metrics(Protocol):
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus exposition body and its content type."""
+        ...
+
+
+class DryRunOutput(Protocol):
+    """One record a message would make (`bridge.router.Output` has this shape).
+
+    `data` is the encoded HStreamRecord; `reason` is set for a dead letter, and then `stream`
+    is the dead-letter stream and `target` the stream the record was meant for, if it rendered.
+    """
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def rule_id(self) -> str: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def target(self) -> str | None: ...
+
+
+class BridgeApi(Protocol):
+    """The bridge as the HTTP API sees it.
+
+    Rule changes are serialised and persisted by the bridge; `create_rule` raises RuleConflict,
+    `replace_rule` RuleMissing (or RuleConflict when the new id is taken), `delete_rule`
+    RuleMissing. Anything else they raise (OSError from the rules file) is a server-side failure.
+    `dry_run` is pure: it routes and encodes but stores nothing.
+    """
+
+    @property
+    def settings(self) -> ApiSettings: ...
+
+    @property
+    def rules(self) -> Sequence[Rule]: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def get_rule(self, rule_id: str) -> Rule | None: ...
+
+    async def create_rule(self, rule: Rule) -> object: ...
+
+    async def replace_rule(self, rule_id: str, rule: Rule) -> object: ...
+
+    async def delete_rule(self, rule_id: str) -> None: ...
+
+    async def readiness(self) -> Mapping[str, Any]:
+        """At least `{"ready": bool, "mqtt": bool, "hstream": bool}`."""
+        ...
+
+    def dry_run(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: tuple[tuple[str, str], ...] = (),
+    ) -> Sequence[DryRunOutput]: ...

@@ -1,0 +1,67 @@
+"""`/health` (the process answers) and `/ready` (MQTT connected and HStreamDB reachable).
+
+Both are open even when a token is configured: orchestrators probe them without credentials,
+and they reveal nothing but up/down.
+"""
+
+import logging
+from typing import Literal
+
+from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
+
+from bridge.api.deps import BridgeDep
+from bridge.api.models import HealthStatus, Readiness
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", summary="Liveness", response_model=HealthStatus)
+async def health() -> HealthStatus:
+    """200 while the process serves HTTP at all; says nothing about MQTT or HStreamDB."""
+    return HealthStatus()
+
+
+@router.get(
+    "/ready",
+    summary="Readiness",
+    response_model=Readiness,
+    responses={
+        status.HTTP_503_SERVICE_UNAVAILABLE: {
+            "model": Readiness,
+            "description": "MQTT or HStreamDB is not ready; `not_ready` says which",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "ready": False,
+                        "mqtt": False,
+                        "hstream": True,
+                        "not_ready": ["mqtt"],
+                    }
+                }
+            },
+        }
+    },
+)
+async def ready(bridge: BridgeDep) -> JSONResponse:
+    """200 when the MQTT session is connected and HStreamDB answers, 503 otherwise."""
+    try:
+        state = await bridge.readiness()
+    except Exception as exc:  # a failing check means not ready; say so rather than 500
+        logger.warning("readiness check failed: %s", exc)
+        state = {}
+    mqtt = state.get("mqtt") is True
+    hstream = state.get("hstream") is True
+    is_ready = state.get("ready") is True and mqtt and hstream
+    not_ready: list[Literal["mqtt", "hstream"]] = []
+    if not mqtt:
+        not_ready.append("mqtt")
+    if not hstream:
+        not_ready.append("hstream")
+    body = Readiness(ready=is_ready, mqtt=mqtt, hstream=hstream, not_ready=not_ready)
+    return JSONResponse(
+        body.model_dump(mode="json"),
+        status_code=status.HTTP_200_OK if is_ready else status.HTTP_503_SERVICE_UNAVAILABLE,
+    )

@@ -1,0 +1,304 @@
+"""`/rules`: list, create, read, replace, delete, and dry-run a message against the rules.
+
+Every change goes through the bridge, which persists it and applies it to the live MQTT
+subscriptions before answering. What the bridge raises is mapped here: RuleConflict to 409,
+RuleMissing to 404, a failure to save the rules file to 503 (the rules are unchanged then), and
+an MQTT error while changing subscriptions to 502 (the change stands; the MQTT source keeps the
+subscriptions wanted and retries them on reconnect).
+"""
+
+import asyncio
+import logging
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Body, HTTPException, Path, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from bridge.api.deps import BridgeDep
+from bridge.api.models import (
+    RULE_EXAMPLE,
+    DryRunRequest,
+    DryRunResult,
+    ErrorMessage,
+    rule_replacement_schema,
+)
+from bridge.api.protocol import RuleConflict, RuleMissing
+from bridge.mqtt import MqttError
+from rules import Rule
+
+logger = logging.getLogger(__name__)
+
+# Auth is added by `create_app` when a token is configured, so the OpenAPI
+# document declares the bearer scheme exactly when the server requires it.
+router = APIRouter(
+    prefix="/rules",
+    tags=["rules"],
+    responses={
+        status.HTTP_413_CONTENT_TOO_LARGE: {
+            "model": ErrorMessage,
+            "description": "The request body is too large",
+        },
+    },
+)
+
+_UNDECODABLE: Final[dict[int | str, dict[str, Any]]] = {
+    status.HTTP_400_BAD_REQUEST: {
+        "model": ErrorMessage,
+        "description": "The body is not text in a JSON encoding (malformed JSON text is 422)",
+    }
+}
+_NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
+    status.HTTP_404_NOT_FOUND: {
+        "model": ErrorMessage,
+        "description": "No rule has that id",
+        "content": {"application/json": {"example": {"detail": "no rule 'temps'"}}},
+    }
+}
+_CONFLICT: Final[dict[int | str, dict[str, Any]]] = {
+    status.HTTP_409_CONFLICT: {
+        "model": ErrorMessage,
+        "description": "A rule with that id exists already",
+        "content": {"application/json": {"example": {"detail": "rule 'temps' already exists"}}},
+    }
+}
+_NOT_SAVED: Final[dict[int | str, dict[str, Any]]] = {
+    status.HTTP_502_BAD_GATEWAY: {
+        "model": ErrorMessage,
+        "description": "The change was saved and routes messages, but the MQTT broker did not"
+        " confirm the subscriptions it needs; they are retried on every reconnect",
+    },
+    status.HTTP_503_SERVICE_UNAVAILABLE: {
+        "model": ErrorMessage,
+        "description": "The rules file could not be written; the rules are unchanged",
+    },
+}
+_EXAMPLES: Final = {
+    "temps": {
+        "summary": "Raw temperatures, one stream per site",
+        "value": RULE_EXAMPLE,
+    },
+    "json": {
+        "summary": "JSON payloads into one stream, keyed by device",
+        "value": {
+            "id": "telemetry",
+            "topic": "devices/{device}/telemetry",
+            "stream": "telemetry",
+            "key": "${device}",
+            "payload": "json",
+            "qos": 1,
+            "enabled": True,
+        },
+    },
+}
+
+RuleId = Annotated[str, Path(description="the rule's id", examples=["temps"])]
+
+
+def _missing(rule_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"no rule {rule_id!r}")
+
+
+def _conflict(rule_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, f"rule {rule_id!r} already exists")
+
+
+def _not_subscribed(exc: MqttError) -> HTTPException:
+    logger.warning("rules changed, subscriptions not confirmed: %s", exc)
+    return HTTPException(
+        status.HTTP_502_BAD_GATEWAY,
+        f"the rule change was saved, but the MQTT broker did not confirm the subscriptions"
+        f" ({exc}); they are retried on every reconnect",
+    )
+
+
+def _not_saved(exc: OSError) -> HTTPException:
+    logger.error("rules file not written: %s", exc)
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"rules not changed: the rules file could not be written ({exc.strerror or exc})",
+    )
+
+
+def _invalid(errors: list[dict[str, Any]], body: object) -> RequestValidationError:
+    return RequestValidationError(errors, body=body)
+
+
+@router.get("", summary="List the rules", response_model=list[Rule])
+async def list_rules(bridge: BridgeDep) -> list[Rule]:
+    """All rules, disabled ones included, in the order matches are reported in."""
+    return list(bridge.rules)
+
+
+@router.post(
+    "",
+    summary="Create a rule",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Rule,
+    responses={
+        status.HTTP_201_CREATED: {
+            "description": "Created; the Location header is the rule's URL",
+            "headers": {"Location": {"description": "/rules/{id}", "schema": {"type": "string"}}},
+        },
+        **_CONFLICT,
+        **_NOT_SAVED,
+        **_UNDECODABLE,
+    },
+)
+async def create_rule(
+    rule: Annotated[Rule, Body(openapi_examples=_EXAMPLES)],
+    bridge: BridgeDep,
+    request: Request,
+    response: Response,
+) -> Rule:
+    """Add a rule; it takes effect at once (the MQTT subscriptions change without a restart).
+
+    An invalid rule is refused with 422, and `loc` names the field (`["body", "topic"]`).
+    """
+    try:
+        await bridge.create_rule(rule)
+    except RuleConflict:
+        raise _conflict(rule.id) from None
+    except MqttError as exc:
+        raise _not_subscribed(exc) from None
+    except OSError as exc:
+        raise _not_saved(exc) from None
+    response.headers["Location"] = str(request.app.url_path_for("get_rule", rule_id=rule.id))
+    return rule
+
+
+@router.post(
+    "/test",
+    summary="Dry-run a message against the rules",
+    response_model=DryRunResult,
+    responses=_UNDECODABLE,
+)
+async def test_rules(message: DryRunRequest, bridge: BridgeDep) -> DryRunResult:
+    """Route a message as if it had arrived over MQTT and show the records it would make.
+
+    For each matching rule: the stream, the key and the record (flag, attributes, payload), or
+    the dead-letter reason and the dead-letter record. Nothing is written or acknowledged.
+    """
+    payload = message.payload_bytes()
+    try:
+        # Encoding a large JSON payload takes milliseconds: keep it off the event loop, which
+        # also carries the MQTT session.
+        outputs = await asyncio.to_thread(
+            bridge.dry_run,
+            message.topic,
+            payload,
+            message.qos,
+            message.retain,
+            tuple(message.user_properties.items()),
+        )
+    except (ValueError, ArithmeticError, RecursionError) as exc:
+        # The router dead-letters what it knows is unstorable; anything else it trips over
+        # (a JSON number too large for a double, nesting too deep) is the payload's fault.
+        raise _invalid(
+            [
+                {
+                    "type": "payload_unroutable",
+                    "loc": ("body", "payload"),
+                    "msg": f"the payload cannot be routed: {type(exc).__name__}: {exc}",
+                    "input": None,
+                }
+            ],
+            None,
+        ) from None
+    return DryRunResult.from_outputs(outputs)
+
+
+@router.get(
+    "/{rule_id}",
+    summary="Read a rule",
+    response_model=Rule,
+    responses=_NOT_FOUND,
+)
+async def get_rule(rule_id: RuleId, bridge: BridgeDep) -> Rule:
+    rule = bridge.get_rule(rule_id)
+    if rule is None:
+        raise _missing(rule_id)
+    return rule
+
+
+@router.put(
+    "/{rule_id}",
+    summary="Replace a rule",
+    response_model=Rule,
+    responses={**_NOT_FOUND, **_NOT_SAVED, **_UNDECODABLE},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": rule_replacement_schema(),
+                    "examples": {"temps": _EXAMPLES["temps"]},
+                }
+            },
+        }
+    },
+)
+async def replace_rule(
+    rule_id: RuleId,
+    body: Annotated[dict[str, Any], Body()],
+    bridge: BridgeDep,
+) -> Rule:
+    """Replace the rule with this id by the body; it takes effect at once.
+
+    The body is a whole rule (fields left out take their defaults, they are not kept from the
+    old rule). Its `id` may be omitted; if given it must equal the id in the path (422 naming
+    `id` otherwise): a rule is renamed by creating the new one and deleting the old.
+    """
+    given = body.get("id", rule_id)
+    if given != rule_id:
+        raise _invalid(
+            [
+                {
+                    "type": "id_mismatch",
+                    "loc": ("body", "id"),
+                    "msg": f"id {given!r} does not match the id in the path {rule_id!r}",
+                    "input": given,
+                }
+            ],
+            body,
+        )
+    if bridge.get_rule(rule_id) is None:
+        raise _missing(rule_id)
+    try:
+        rule = Rule.model_validate({**body, "id": rule_id})
+    except ValidationError as exc:
+        errors = [
+            {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
+        ]
+        raise _invalid(errors, body) from None
+    try:
+        await bridge.replace_rule(rule_id, rule)
+    except RuleMissing:
+        raise _missing(rule_id) from None
+    except RuleConflict:
+        raise _conflict(rule.id) from None
+    except MqttError as exc:
+        raise _not_subscribed(exc) from None
+    except OSError as exc:
+        raise _not_saved(exc) from None
+    return rule
+
+
+@router.delete(
+    "/{rule_id}",
+    summary="Delete a rule",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={**_NOT_FOUND, **_NOT_SAVED},
+)
+async def delete_rule(rule_id: RuleId, bridge: BridgeDep) -> Response:
+    """Remove the rule; messages it already routed are still stored."""
+    try:
+        await bridge.delete_rule(rule_id)
+    except RuleMissing:
+        raise _missing(rule_id) from None
+    except MqttError as exc:
+        raise _not_subscribed(exc) from None
+    except OSError as exc:
+        raise _not_saved(exc) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

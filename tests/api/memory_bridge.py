@@ -1,0 +1,116 @@
+"""An in-memory `BridgeApi` for testing the HTTP API on its own.
+
+Only the storage is fake (a list instead of the rules file, flags instead of live MQTT and
+HStreamDB connections). Validation, matching and encoding are the real ones: rules are
+`rules.Rule`, dry runs go through a real `bridge.router.Router` over a real `Matcher`, and
+metrics are a real `BridgeMetrics`.
+"""
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.api import RuleConflict, RuleMissing
+from bridge.metrics import BridgeMetrics
+from bridge.mqtt import Message, MqttError
+from bridge.router import Output, Router
+from rules import Matcher, Rule
+
+DEAD_LETTER_STREAM = "bridge_dead_letter"
+
+
+@dataclass(frozen=True)
+class ApiTestSettings:
+    api_listen: str = "127.0.0.1:0"
+    api_token: str | None = None
+
+
+class MemoryBridge:
+    def __init__(
+        self,
+        settings: ApiTestSettings | None = None,
+        rules: Sequence[Rule] = (),
+        *,
+        max_record_bytes: int = 1 << 20,
+    ) -> None:
+        self.settings = settings or ApiTestSettings()
+        self.metrics = BridgeMetrics(process=False)
+        self.rules: list[Rule] = list(rules)
+        self.router = Router(
+            Matcher(self.rules),
+            dead_letter_stream=DEAD_LETTER_STREAM,
+            max_record_bytes=max_record_bytes,
+        )
+        self.mqtt_ready = True
+        self.hstream_ready = True
+        self.readiness_error: Exception | None = None
+        self.readiness_gate: asyncio.Event | None = None  # readiness() waits for it when set
+        self.readiness_entered = asyncio.Event()
+        self.save_error: OSError | None = None
+        self.subscribe_error: MqttError | None = None  # raised after the change, like MqttSource
+        self._lock = asyncio.Lock()
+
+    def get_rule(self, rule_id: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+    async def create_rule(self, rule: Rule) -> Rule:
+        async with self._lock:
+            if self.get_rule(rule.id) is not None:
+                raise RuleConflict(rule.id)
+            self._apply([*self.rules, rule])
+        return rule
+
+    async def replace_rule(self, rule_id: str, rule: Rule) -> Rule:
+        async with self._lock:
+            if self.get_rule(rule_id) is None:
+                raise RuleMissing(rule_id)
+            if rule.id != rule_id and self.get_rule(rule.id) is not None:
+                raise RuleConflict(rule.id)
+            self._apply([rule if r.id == rule_id else r for r in self.rules])
+        return rule
+
+    async def delete_rule(self, rule_id: str) -> None:
+        async with self._lock:
+            if self.get_rule(rule_id) is None:
+                raise RuleMissing(rule_id)
+            self._apply([r for r in self.rules if r.id != rule_id])
+
+    def _apply(self, rules: list[Rule]) -> None:
+        if self.save_error is not None:
+            raise self.save_error
+        self.router.matcher = Matcher(rules)
+        self.rules = rules
+        if self.subscribe_error is not None:
+            raise self.subscribe_error
+
+    async def readiness(self) -> dict[str, Any]:
+        self.readiness_entered.set()
+        if self.readiness_gate is not None:
+            await self.readiness_gate.wait()
+        if self.readiness_error is not None:
+            raise self.readiness_error
+        return {
+            "ready": self.mqtt_ready and self.hstream_ready,
+            "mqtt": self.mqtt_ready,
+            "hstream": self.hstream_ready,
+        }
+
+    def dry_run(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: tuple[tuple[str, str], ...] = (),
+    ) -> list[Output]:
+        message = Message(
+            topic=topic,
+            payload=payload,
+            qos=qos,
+            retain=retain,
+            user_properties=user_properties,
+            received_at=time.monotonic(),
+        )
+        return self.router.outputs(message, self.router.routes(topic))

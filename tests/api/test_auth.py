@@ -1,0 +1,87 @@
+"""Bearer-token auth: /rules needs the token when one is set; probes, metrics and docs do not."""
+
+import httpx
+import pytest
+
+from tests.api.conftest import TOKEN, served
+from tests.api.memory_bridge import MemoryBridge
+
+PROTECTED = [
+    ("GET", "/rules", None),
+    ("POST", "/rules", {"id": "x", "topic": "a", "stream": "s"}),
+    ("GET", "/rules/temps", None),
+    ("PUT", "/rules/temps", {"topic": "a", "stream": "s"}),
+    ("DELETE", "/rules/temps", None),
+    ("POST", "/rules/test", {"topic": "a"}),
+]
+OPEN = ["/health", "/ready", "/metrics", "/docs", "/openapi.json"]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
+async def test_without_the_token_every_rules_endpoint_is_401_with_www_authenticate(
+    secured_bridge: MemoryBridge, method: str, path: str, body: object
+) -> None:
+    before = list(secured_bridge.rules)
+    async with served(secured_bridge) as client:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+            {"Authorization": "Bearer"},
+        ):
+            response = await client.request(method, path, json=body, headers=headers)
+            assert response.status_code == 401, (headers, response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert "token" in response.json()["detail"]
+    assert secured_bridge.rules == before
+
+
+@pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
+async def test_with_the_token_every_rules_endpoint_works(
+    secured_bridge: MemoryBridge, method: str, path: str, body: object
+) -> None:
+    async with served(secured_bridge, token=TOKEN) as client:
+        response = await client.request(method, path, json=body)
+    assert response.status_code in (200, 201, 204), response.text
+
+
+async def test_probes_metrics_and_docs_stay_open_with_a_token(
+    secured_bridge: MemoryBridge,
+) -> None:
+    async with served(secured_bridge) as client:
+        for path in OPEN:
+            response = await client.get(path)
+            assert response.status_code == 200, path
+
+
+async def test_without_a_configured_token_no_header_is_needed(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/rules")).status_code == 200
+    # A stray header is ignored rather than checked against nothing.
+    response = await client.get("/rules", headers={"Authorization": "Bearer anything"})
+    assert response.status_code == 200
+
+
+async def test_openapi_declares_the_bearer_scheme_on_rules_when_a_token_is_set(
+    secured_bridge: MemoryBridge,
+) -> None:
+    async with served(secured_bridge) as client:
+        spec = (await client.get("/openapi.json")).json()
+    scheme = spec["components"]["securitySchemes"]["HTTPBearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            secured = operation.get("security") == [{"HTTPBearer": []}]
+            assert secured == path.startswith("/rules"), path
+            assert ("401" in operation["responses"]) == secured, path
+
+
+async def test_openapi_declares_no_auth_when_no_token_is_set(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert "securitySchemes" not in spec.get("components", {})
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            assert "security" not in operation
+            assert "401" not in operation["responses"]
