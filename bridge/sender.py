@@ -45,9 +45,9 @@ class AppendTarget(Protocol):
         self, name: str, *, shard_count: int = 1, replication_factor: int = 1
     ) -> object: ...
 
-    async def append_encoded(
+    async def append_batch(
         self, stream: str, shard_id: int, encoded: Sequence[bytes], compression: Compression
-    ) -> list[RecordId]: ...
+    ) -> Sequence[RecordId]: ...
 
     def invalidate(self, stream: str) -> None: ...
 
@@ -152,7 +152,7 @@ class Sender:
             self.inflight += 1
             try:
                 await asyncio.wait_for(
-                    self._target.append_encoded(
+                    self._target.append_batch(
                         stream,
                         queue.shard_id,
                         [item.data for item in batch.items],

@@ -50,7 +50,7 @@ class FakeTarget:
         self.add_stream(name)
         return name
 
-    async def append_encoded(
+    async def append_batch(
         self, stream: str, shard_id: int, encoded: Sequence[bytes], compression: Compression
     ) -> list[RecordId]:
         slot = (stream, shard_id)

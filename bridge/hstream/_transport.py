@@ -130,12 +130,6 @@ class Transport:
                 request, timeout=self.timeout, metadata=self.metadata
             )
 
-    async def drop(self, target: str) -> None:
-        """Close the channel to a node that went away (a new one is made if it comes back)."""
-        conn = self._connections.pop(target, None)
-        if conn is not None:
-            await conn.channel.close(grace=None)
-
     async def close(self) -> None:
         connections, self._connections = list(self._connections.values()), {}
         for conn in connections:

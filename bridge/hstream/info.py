@@ -60,8 +60,9 @@ class SubscriptionInfo:
 def _timestamp(message: Any, field: str) -> float | None:
     if not message.HasField(field):
         return None
-    stamp = getattr(message, field)
-    return float(stamp.seconds) + stamp.nanos / 1e9
+    stamp: Any = getattr(message, field)
+    seconds: float = stamp.seconds + stamp.nanos / 1e9
+    return seconds
 
 
 def server_node(message: Any) -> ServerNode:
