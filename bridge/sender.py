@@ -113,13 +113,15 @@ class Sender:
     # --- callbacks from the accumulator -------------------------------------------------------
 
     def on_ready(self, queue: ShardQueue) -> None:
-        if queue.sending or queue.stream.resolving:
+        if queue.sending or queue.stream.resolving or self._closing:
             return
         queue.sending = True
         queue.stream.sending += 1
         self._spawn(self._drain(queue), f"append:{queue.stream.name}:{queue.shard_id}")
 
     def on_new_stream(self, state: StreamState) -> None:
+        if self._closing:
+            return
         self._spawn(self._resolve(state), f"resolve:{state.name}")
 
     # --- draining -----------------------------------------------------------------------------
@@ -138,6 +140,8 @@ class Sender:
         finally:
             queue.sending = False
             state.sending -= 1
+        if self._closing:
+            return
         if state.resolving and state.sending == 0:
             self._spawn(self._resolve(state), f"resolve:{state.name}")
         elif queue.ready and not state.resolving:
