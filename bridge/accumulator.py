@@ -200,6 +200,39 @@ class Accumulator:
         if not queue.sending and not queue.stream.resolving:
             self._on_ready(queue)
 
+    def coalesce(self, queue: ShardQueue) -> Batch:
+        """Grow the next batch to send with the batches (and records) waiting behind it.
+
+        Batches closed by linger while an append was in flight would otherwise go one small
+        append each; merged, they fill appends up to the record and byte limits, which is what
+        lets a busy shard keep up. Order is kept: records only move forward into earlier appends.
+        """
+        first = queue.ready[0]
+        max_records, max_bytes = self.batch_max_records, self.batch_max_bytes
+        while len(queue.ready) > 1:
+            following = queue.ready[1]
+            if (
+                len(first.items) + len(following.items) > max_records
+                or first.size + following.size > max_bytes
+            ):
+                return first
+            first.items.extend(following.items)
+            first.size += following.size
+            del queue.ready[1]
+        following_open = queue.open
+        if (
+            following_open is not None
+            and len(first.items) + len(following_open.items) <= max_records
+            and first.size + following_open.size <= max_bytes
+        ):
+            if queue.timer is not None:
+                queue.timer.cancel()
+                queue.timer = None
+            first.items.extend(following_open.items)
+            first.size += following_open.size
+            queue.open = None
+        return first
+
     def close_if_idle(self, queue: ShardQueue) -> None:
         """With no linger, the open batch goes as soon as the shard's sender is free."""
         if self.linger <= 0 and not queue.ready and queue.open is not None:

@@ -130,7 +130,7 @@ class Sender:
         state = queue.stream
         try:
             while queue.ready and not state.resolving:
-                batch = queue.ready[0]
+                batch = self._acc.coalesce(queue)
                 settled = await self._append(queue, batch)
                 if not settled:
                     break

@@ -155,3 +155,24 @@ async def test_delivery_resolves_after_its_last_record() -> None:
     delivery.record_done()
     await asyncio.wait_for(delivery.wait(), 1)
     assert Delivery(0, asyncio.get_running_loop()).done
+
+
+async def test_waiting_batches_are_merged_up_to_the_limits_in_order() -> None:
+    rec = Recorder()
+    acc = rec.make(batch_max_records=4, batch_max_bytes=1000)
+    acc.add("s", item(b"0"))
+    state = acc.streams["s"]
+    acc.set_shard_map(state, shard_map(1))
+    queue = state.shards[100]
+    queue.sending = True  # an append is in flight: batches close by linger, one by one
+    for n in range(1, 6):
+        acc.add("s", item(b"%d" % n))
+        acc._linger_expired(queue, queue.open)  # type: ignore[arg-type]
+    assert [len(b.items) for b in queue.ready] == [2, 1, 1, 1, 1]
+    acc.add("s", item(b"6"))  # left open
+    first = acc.coalesce(queue)
+    assert [i.data for i in first.items] == [b"0", b"1", b"2", b"3"]
+    queue.ready.popleft()
+    second = acc.coalesce(queue)
+    assert [i.data for i in second.items] == [b"4", b"5", b"6"]  # the open batch joins too
+    assert queue.open is None

@@ -43,6 +43,10 @@ _PERMANENT_V5 = frozenset(
     {129, 130, 132, 133, 134, 135, 138, 140, 144, 149, 153, 154, 155, 156, 157}
 )
 
+# Bytes read from the socket per event-loop iteration (asyncio's default is 256 KiB, about a
+# thousand 200-byte messages, i.e. tens of milliseconds of routing before anything else runs).
+READ_CHUNK_BYTES = 16 * 1024
+
 # PUBACK / PUBREC with a 2-byte remaining length: valid in 3.1.1 and in 5 (reason 0 may be omitted).
 _PUBACK = b"\x40\x02"
 _PUBREC = b"\x50\x02"
@@ -137,6 +141,10 @@ class Link:
             raise ConnectionError("connection lost right after CONNACK")
         connection = self._client._connection
         connection._keep_connection_callback.cancel()  # ours runs instead, see module docstring
+        if hasattr(connection._transport, "max_size"):
+            # gmqtt parses everything buffered without yielding; capping each socket read caps
+            # the work one loop iteration does, so appends and acks get their turns under load.
+            connection._transport.max_size = READ_CHUNK_BYTES
         self.connected_at = self._resumed_at = time.monotonic()
         self._keepalive_task = asyncio.create_task(
             self._keepalive(connection, connection.keepalive), name="mqtt-keepalive"
