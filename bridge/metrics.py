@@ -40,6 +40,7 @@ Gauges that mirror pipeline state (`queuing_*`, `inflight_appends`) are read at 
 `bind_gauges`, costing nothing per message.
 """
 
+import bisect
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from typing import Protocol, TypeVar
@@ -57,6 +58,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.hstream.errors import HStreamError
@@ -163,7 +166,13 @@ class BridgeMetrics:
     def __init__(self, *, version: str | None = None, process: bool = True) -> None:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+        # Per-message counts are plain ints (no lock, no label lookup) until a scrape: the
+        # first collector of the registry moves them into the counters before the others run.
+        self._received = [0, 0, 0]
+        self._matched: dict[str, int] = {}
+        self._unmatched = 0
         r = self.registry
+        r.register(_Flush(self))
 
         # Intake and routing.
         self.messages_received = Counter(
@@ -303,6 +312,25 @@ class BridgeMetrics:
         for reason in DROP_REASONS:
             self.records_dropped.labels(reason=reason)
         self._received_by_qos = tuple(self.messages_received.labels(qos=str(q)) for q in (0, 1, 2))
+        # Histogram internals (stable across prometheus-client releases): per-bucket counts, not
+        # cumulative, and the sum; a batch's latencies are added with one inc per bucket.
+        self._e2e_bounds = list(LATENCY_BUCKETS)
+        self._e2e_buckets = self.e2e_seconds._buckets
+        self._e2e_sum = self.e2e_seconds._sum
+
+    def flush(self) -> None:
+        """Move the per-message counts into their counters (runs at every collection)."""
+        for qos, count in enumerate(self._received):
+            if count:
+                self._received_by_qos[qos].inc(count)
+                self._received[qos] = 0
+        if self._unmatched:
+            self.messages_unmatched.inc(self._unmatched)
+            self._unmatched = 0
+        if self._matched:
+            matched, self._matched = self._matched, {}
+            for rule, count in matched.items():
+                self.child(self.messages_matched, rule).inc(count)
 
     # --- children -----------------------------------------------------------------------------
 
@@ -318,12 +346,14 @@ class BridgeMetrics:
 
     def observe_received(self, qos: int, routes: Sequence[_RouteLike]) -> None:
         """One message from the broker and the rules it matched."""
-        self._received_by_qos[qos if 0 <= qos <= 2 else 0].inc()
+        self._received[qos if 0 <= qos <= 2 else 0] += 1
         if not routes:
-            self.messages_unmatched.inc()
+            self._unmatched += 1
             return
+        matched = self._matched
         for route in routes:
-            self.child(self.messages_matched, route.rule.id).inc()
+            rule = route.rule.id
+            matched[rule] = matched.get(rule, 0) + 1
 
     def observe_dropped(self, reason: str, records: int = 1) -> None:
         """QoS 0 records dropped on purpose; pass how many records the message would have made."""
@@ -347,9 +377,20 @@ class BridgeMetrics:
         self.batch_records.observe(len(items))
         self.batch_bytes.observe(sum(item.size for item in items))
         self.append_seconds.observe(append_seconds)
-        observe = self.e2e_seconds.observe
+        counts = [0] * (len(self._e2e_bounds) + 1)
+        where = bisect.bisect_left
+        bounds = self._e2e_bounds
+        total = 0.0
         for item in items:
-            observe(max(0.0, now - item.received_at))
+            latency = now - item.received_at
+            if latency < 0.0:
+                latency = 0.0
+            total += latency
+            counts[where(bounds, latency)] += 1
+        for index, count in enumerate(counts):
+            if count:
+                self._e2e_buckets[index].inc(count)
+        self._e2e_sum.inc(total)
 
     def observe_failed(self, stream: str, items: Iterable[_ItemLike], reason: str) -> None:
         for rule, count in _counts_by_rule(items).items():
@@ -374,6 +415,20 @@ class BridgeMetrics:
     def render(self) -> tuple[bytes, str]:
         """The body and content type for GET /metrics."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Flush(Collector):
+    """Registered first: flushes the bridge's plain per-message counts, exports nothing."""
+
+    def __init__(self, metrics: "BridgeMetrics") -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        self._metrics.flush()
+        return []
+
+    def describe(self) -> Iterable[Metric]:
+        return []
 
 
 def _package_version() -> str:

@@ -8,10 +8,11 @@ the size limit).
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bridge import deadletter
-from bridge.hstream.records import encode_json, encode_raw, json_object, struct_bytes
+from bridge.hstream._api import FLAG_JSON, FLAG_RAW
+from bridge.hstream.records import encode_header, json_object, struct_bytes, with_header
 from bridge.mqtt import Message
 from rules import Matcher, Route
 
@@ -21,8 +22,7 @@ ATTR_RETAIN = "mqtt.retain"
 ATTR_USER_PREFIX = "mqtt.user."
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     """One record for one stream. `reason` is set for a dead letter (then `stream` is the DLQ)."""
 
     stream: str
@@ -44,24 +44,41 @@ def message_attributes(message: Message) -> dict[str, str]:
     return attributes
 
 
+HEADER_CACHE_SIZE = 65536
+
+
 class Router:
     def __init__(self, matcher: Matcher, *, dead_letter_stream: str, max_record_bytes: int) -> None:
         self.matcher = matcher
         self.dead_letter_stream = dead_letter_stream
         self.max_record_bytes = max_record_bytes
+        # A device publishes to the same topic with the same key again and again: its record
+        # header (flag, key, MQTT attributes) is encoded once and reused. Bounded; emptied when
+        # full. Messages with MQTT 5 user properties are encoded afresh.
+        self._headers: dict[tuple[int, str, str, int, bool], bytes] = {}
+
+    def _header(self, flag: int, key: str, message: Message) -> bytes:
+        if message.user_properties:
+            return encode_header(flag, key, message_attributes(message))
+        cache_key = (flag, key, message.topic, message.qos, message.retain)
+        header = self._headers.get(cache_key)
+        if header is None:
+            if len(self._headers) >= HEADER_CACHE_SIZE:
+                self._headers.clear()
+            header = encode_header(flag, key, message_attributes(message))
+            self._headers[cache_key] = header
+        return header
 
     def routes(self, topic: str) -> list[Route]:
         return self.matcher.route(topic)
 
     def outputs(self, message: Message, routes: Iterable[Route]) -> list[Output]:
-        attributes = message_attributes(message)
-        return [self._output(message, route, attributes) for route in routes]
+        return [self._output(message, route) for route in routes]
 
     def _dead(
         self,
         message: Message,
         route: Route,
-        attributes: dict[str, str],
         reason: str,
         error: str,
     ) -> Output:
@@ -69,18 +86,17 @@ class Router:
             message.payload,
             reason=reason,
             rule_id=route.rule.id,
-            attributes=attributes,
+            attributes=message_attributes(message),
             stream=route.stream,
             error=error,
         )
         return Output(self.dead_letter_stream, "", data, route.rule.id, reason, route.stream)
 
-    def _output(self, message: Message, route: Route, attributes: dict[str, str]) -> Output:
+    def _output(self, message: Message, route: Route) -> Output:
         if route.stream is None:
             return self._dead(
                 message,
                 route,
-                attributes,
                 deadletter.REASON_INVALID_STREAM_NAME,
                 route.error or "invalid stream name",
             )
@@ -88,17 +104,14 @@ class Router:
             try:
                 struct = struct_bytes(json_object(message.payload))
             except (ValueError, OverflowError) as exc:  # UnicodeDecodeError is a ValueError
-                return self._dead(
-                    message, route, attributes, deadletter.REASON_INVALID_JSON, str(exc)
-                )
-            data = encode_json(struct, route.key, attributes)
+                return self._dead(message, route, deadletter.REASON_INVALID_JSON, str(exc))
+            data = with_header(self._header(FLAG_JSON, route.key, message), struct)
         else:
-            data = encode_raw(message.payload, route.key, attributes)
+            data = with_header(self._header(FLAG_RAW, route.key, message), message.payload)
         if len(data) > self.max_record_bytes:
             return self._dead(
                 message,
                 route,
-                attributes,
                 deadletter.REASON_RECORD_TOO_LARGE,
                 f"record is {len(data)} bytes, the limit is {self.max_record_bytes}",
             )

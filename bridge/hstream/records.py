@@ -102,6 +102,44 @@ def encode_json(
     return data
 
 
+def encode_header(flag: int, key: str = "", attributes: Mapping[str, str] | None = None) -> bytes:
+    """A serialized HStreamRecordHeader, to reuse for many records with `with_header`."""
+    data: bytes = pb.HStreamRecordHeader(
+        flag=flag, key=key, attributes=attributes
+    ).SerializeToString()
+    return data
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_VARINTS = [_varint(n) for n in range(1 << 14)]
+
+
+def with_header(header: bytes, payload: bytes) -> bytes:
+    """A serialized HStreamRecord from an encoded header and a payload (as protobuf writes it)."""
+    h, p = len(header), len(payload)
+    varints = _VARINTS
+    if not p:
+        return b"\x0a" + (varints[h] if h < 16384 else _varint(h)) + header
+    return b"".join(
+        (
+            b"\x0a",
+            varints[h] if h < 16384 else _varint(h),
+            header,
+            b"\x12",
+            varints[p] if p < 16384 else _varint(p),
+            payload,
+        )
+    )
+
+
 def encode_record(record: Record) -> bytes:
     if isinstance(record.payload, bytes | bytearray | memoryview):
         return encode_raw(bytes(record.payload), record.key, record.attributes)

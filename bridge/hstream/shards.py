@@ -39,19 +39,35 @@ class ShardRange:
 class ShardMap:
     """Finds the active shard that owns a partition key (binary search over the ranges)."""
 
-    __slots__ = ("_ends", "_ranges")
+    __slots__ = ("_cache", "_ends", "_only", "_ranges")
+
+    CACHE_SIZE = 65536
 
     def __init__(self, ranges: Iterable[ShardRange]) -> None:
         self._ranges = sorted(ranges, key=lambda r: r.start)
         if not self._ranges:
             raise ValueError("a stream has at least one active shard")
         self._ends = [r.end for r in self._ranges]
+        only = self._ranges[0]
+        whole = len(self._ranges) == 1 and only.start == 0 and only.end == KEY_SPACE_MAX
+        self._only = only.shard_id if whole else None
+        self._cache: dict[str, int] = {}
 
     @property
     def shard_ids(self) -> list[int]:
         return [r.shard_id for r in self._ranges]
 
     def shard_for(self, key: str) -> int:
+        if self._only is not None:
+            return self._only
+        shard_id = self._cache.get(key)
+        if shard_id is None:
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            shard_id = self._cache[key] = self._lookup(key)
+        return shard_id
+
+    def _lookup(self, key: str) -> int:
         position = hash_key(key)
         index = bisect.bisect_left(self._ends, position)
         shard = self._ranges[min(index, len(self._ranges) - 1)]
