@@ -367,13 +367,24 @@ class BridgeMetrics:
             self.observe_dead_letter(rule, reason, count)
 
     def observe_stored(
-        self, stream: str, items: Sequence[_ItemLike], append_seconds: float, now: float
+        self,
+        stream: str,
+        items: Sequence[_ItemLike],
+        append_seconds: float,
+        now: float,
+        *,
+        success: bool = True,
     ) -> None:
-        """One successful append; `now` on the same clock as `Item.received_at` (monotonic)."""
+        """One successful append; `now` on the same clock as `Item.received_at` (monotonic).
+
+        `success=False` for appends to the dead-letter stream: those records were counted as
+        dead-lettered already, and counting them as success too would break the identity above.
+        """
         if not items:
             return
-        for rule, count in _counts_by_rule(items).items():
-            self.child(self.records_success, rule, stream).inc(count)
+        if success:
+            for rule, count in _counts_by_rule(items).items():
+                self.child(self.records_success, rule, stream).inc(count)
         self.batch_records.observe(len(items))
         self.batch_bytes.observe(sum(item.size for item in items))
         self.append_seconds.observe(append_seconds)

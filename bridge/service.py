@@ -37,11 +37,18 @@ STORE_DIR = "store"
 class _Events:
     """Sender events to metrics."""
 
-    def __init__(self, metrics: BridgeMetrics) -> None:
+    def __init__(self, metrics: BridgeMetrics, dead_letter_stream: str) -> None:
         self._m = metrics
+        self._dead_letter_stream = dead_letter_stream
 
     def stored(self, stream: str, items: Sequence[Item], append_seconds: float) -> None:
-        self._m.observe_stored(stream, items, append_seconds, time.monotonic())
+        self._m.observe_stored(
+            stream,
+            items,
+            append_seconds,
+            time.monotonic(),
+            success=stream != self._dead_letter_stream,
+        )
 
     def retried(self, stream: str, error: BaseException) -> None:
         self._m.observe_retry(stream, error)
@@ -142,7 +149,7 @@ class Bridge:
                 replication_factor=settings.stream_replication,
                 dead_letter_stream=settings.dead_letter_stream,
             ),
-            _Events(self.metrics),
+            _Events(self.metrics, settings.dead_letter_stream),
         )
         self._stack.push_async_callback(self.sender.aclose)
         self.accumulator = Accumulator(
@@ -156,10 +163,10 @@ class Bridge:
         )
         self.sender.bind(self.accumulator)
         self.metrics.bind_gauges(self.accumulator, self.sender)
-        self.source = await self._stack.enter_async_context(
-            MqttSource(self._mqtt_settings(), self._on_message)
-        )
-        self.source.on_connection_change = self._on_connection_change
+        source = MqttSource(self._mqtt_settings(), self._on_message)
+        source.on_connection_change = self._on_connection_change  # before the first connect
+        self.source = await self._stack.enter_async_context(source)
+        self.metrics.mqtt_connected.set(1 if source.connected else 0)
         await self.source.set_subscriptions(self.router.matcher.subscriptions())
         logger.info(
             "bridge running: %d rules, MQTT %s, HStreamDB %s, API %s",
