@@ -53,10 +53,7 @@ async def test_counters_equal_the_traffic_published_stored_and_dead_lettered(
         await wait_for_records(bridge.store.url, "tele", GOOD)
         await wait_for_records(bridge.store.url, settings.dead_letter_stream, BAD)
         assert bridge.accumulator is not None
-        accumulator = bridge.accumulator
-        deadline = asyncio.get_running_loop().time() + 10
-        while accumulator.buffered_records and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(bridge.accumulator.wait_empty(), 10)
         body = await scrape(bridge.api_url)
 
     got = samples(body)
