@@ -1,0 +1,121 @@
+"""`hstream-bridge run` as a process: clean shutdown on SIGTERM, clear errors for bad setups."""
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.bridge import BridgeProcess, read_stream, wait_for_records, wait_until
+from tests.support.mosquitto import Mosquitto, Publisher
+from tests.support.store import REPO_ROOT, subprocess_store
+
+RULES = '[[rules]]\nid = "tele"\ntopic = "tele/{dev}"\nstream = "tele"\nkey = "${dev}"\n'
+
+
+def run_bridge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "run", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def messages(count: int) -> list[tuple[str, bytes]]:
+    return [(f"tele/d{n % 10}", json.dumps({"n": n}).encode()) for n in range(count)]
+
+
+async def test_sigterm_while_the_store_is_down_exits_0_and_unstored_messages_come_again(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text(RULES)
+    async with subprocess_store(tmp_path / "store") as store:
+        args = [
+            "--mqtt-url", mosquitto.url,
+            "--hstream-url", store.url,
+            "--client-id", "sigterm-test",
+            "--config", str(config),
+            "--shutdown-timeout", "1",
+            "--append-timeout", "1",
+        ]  # fmt: skip
+        bridge = BridgeProcess(tmp_path / "bridge", args)
+        await bridge.start()
+        with Publisher(mosquitto.host, mosquitto.port) as publisher:
+            await asyncio.to_thread(publisher.publish_many, messages(1000)[:500])
+            await wait_for_records(store.url, "tele", 500)
+            store.kill()
+            await asyncio.to_thread(publisher.publish_many, messages(1000)[500:])
+            assert await bridge.terminate() == 0  # the flush times out; nothing was acked
+            log = bridge.log_tail(200)
+            assert "shutdown flush timed out" in log
+            assert "Traceback" not in log
+            await store.restart()
+            await bridge.start()  # same client id: the broker delivers what was not acked
+            records = await wait_for_records(store.url, "tele", 1000, timeout=60)
+        got = {json.loads(r.payload)["n"] for r in records if isinstance(r.payload, bytes)}
+        assert got == set(range(1000))
+        assert await bridge.terminate() == 0
+
+
+async def test_sigterm_under_load_flushes_and_loses_nothing(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text(RULES)
+    async with subprocess_store(tmp_path / "store") as store:
+        args = [
+            "--mqtt-url", mosquitto.url,
+            "--hstream-url", store.url,
+            "--client-id", "sigterm-load",
+            "--config", str(config),
+        ]  # fmt: skip
+        bridge = BridgeProcess(tmp_path / "bridge", args)
+        await bridge.start()
+        total = 5000
+        with Publisher(mosquitto.host, mosquitto.port) as publisher:
+            sending = asyncio.create_task(
+                asyncio.to_thread(publisher.publish_many, messages(total))
+            )
+
+            async def started() -> bool:
+                return len(await read_stream(store.url, "tele")) > 200
+
+            await wait_until(started, 30, "the first records to be stored")
+            assert await bridge.terminate() == 0
+            assert "stopping: intake paused" in bridge.log_tail(200)
+            await sending
+        await bridge.start()
+        records = await wait_for_records(store.url, "tele", total, timeout=60)
+        got = [json.loads(r.payload)["n"] for r in records if isinstance(r.payload, bytes)]
+        assert set(got) == set(range(total))
+        print(f"\nduplicates after a SIGTERM under load: {len(got) - len(set(got))}")
+        assert await bridge.terminate() == 0
+
+
+def test_corrupt_rules_file_is_a_clear_error_naming_file_and_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rules.json").write_text('{"version": 1, "rules": [\n  {"id": "a",,}\n]}\n')
+    result = run_bridge("--data-dir", str(data), "--api-listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert str(data / "rules.json") in result.stderr
+    assert ":2:" in result.stderr  # the line of the error
+    assert "Traceback" not in result.stderr
+
+
+def test_api_on_a_public_address_without_a_token_is_refused(tmp_path: Path) -> None:
+    result = run_bridge("--data-dir", str(tmp_path), "--api-listen", "0.0.0.0:0")
+    assert result.returncode == 2
+    assert "--api-token" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_setting_names_the_flag(tmp_path: Path) -> None:
+    result = run_bridge("--data-dir", str(tmp_path), "--buffer-bytes", "lots")
+    assert result.returncode == 2
+    assert "buffer_bytes" in result.stderr
+    assert "Traceback" not in result.stderr
