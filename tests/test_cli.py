@@ -119,3 +119,31 @@ def test_invalid_setting_names_the_flag(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "buffer_bytes" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_store_command_serves_the_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    from tests.support.store import free_port, wait_for_echo
+
+    port = free_port()
+    process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "store",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path / "store"),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await wait_for_echo(f"127.0.0.1:{port}", timeout=20)
+        assert (tmp_path / "store").is_dir()
+    finally:
+        process.terminate()
+        output, _ = await asyncio.to_thread(process.communicate, timeout=20)
+    assert process.returncode == 0, output.decode()
