@@ -117,3 +117,30 @@ async def test_bad_payloads_go_to_dead_letters_while_good_traffic_flows(
         assert isinstance(invalid.payload, bytes)
         assert invalid.payload.startswith(b"{not json") or invalid.payload == b"[1, 2, 3]"
         assert len(await wait_for_records(url, "fine_name", 1)) == 1
+
+
+async def test_stream_deleted_and_recreated_behind_the_bridge_is_rediscovered(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    from bridge.hstream.client import HStreamClient
+
+    rules = [{"id": "r", "topic": "re/{dev}", "stream": "recreated", "key": "${dev}"}]
+    settings = bridge_settings(tmp_path, mosquitto.url, rules=rules, stream_shards=2)
+    async with running_bridge(settings) as bridge:
+        assert bridge.store is not None
+        url = bridge.store.url
+        first = [(f"re/d{n % 4}", b"first %d" % n) for n in range(200)]
+        await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, first)
+        await wait_for_records(url, "recreated", 200)
+        async with HStreamClient(url) as client:
+            await client.delete_stream("recreated", force=True)
+            await client.create_stream("recreated", shard_count=3)  # new shard ids, new split
+        second = [(f"re/d{n % 4}", b"second %d" % n) for n in range(300)]
+        await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, second)
+        records = await wait_for_records(url, "recreated", 300)
+        assert sorted(r.payload for r in records) == sorted(p for _, p in second)
+        by_key: dict[str, list[int]] = {}
+        for record in records:
+            assert isinstance(record.payload, bytes)
+            by_key.setdefault(record.key, []).append(int(record.payload.split()[1]))
+        assert all(seqs == sorted(seqs) for seqs in by_key.values())
