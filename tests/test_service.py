@@ -138,7 +138,9 @@ async def test_stream_deleted_and_recreated_behind_the_bridge_is_rediscovered(
         second = [(f"re/d{n % 4}", b"second %d" % n) for n in range(300)]
         await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, second)
         records = await wait_for_records(url, "recreated", 300)
-        assert sorted(r.payload for r in records) == sorted(p for _, p in second)
+        assert sorted(r.payload for r in records if isinstance(r.payload, bytes)) == sorted(
+            p for _, p in second
+        )
         by_key: dict[str, list[int]] = {}
         for record in records:
             assert isinstance(record.payload, bytes)
