@@ -155,15 +155,16 @@ class Sender:
             started = time.monotonic()
             self.inflight += 1
             try:
-                await asyncio.wait_for(
-                    self._target.append_batch(
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that lands as the call fails, and the retry loop would outlive
+                # aclose().
+                async with asyncio.timeout(self._config.append_timeout):
+                    await self._target.append_batch(
                         stream,
                         queue.shard_id,
                         [item.data for item in batch.items],
                         self._config.compression,
-                    ),
-                    self._config.append_timeout,
-                )
+                    )
             except TimeoutError as exc:
                 error: HStreamError = HStreamError(f"append timed out: {exc}")
                 error_retriable = True
@@ -199,6 +200,8 @@ class Sender:
             if not error_retriable:
                 self._reject(stream, batch.items, deadletter.REASON_REJECTED, error)
                 return True
+            if self._closing:
+                return False  # unsettled: its messages are not acknowledged
             self._events.retried(stream, error)
             if attempt == 0 or attempt % 20 == 0:
                 logger.warning(
@@ -257,9 +260,11 @@ class Sender:
             )
             for item in items
         ]
-        self._acc.release(list(items))
+        # Add the letters before releasing the originals: the buffer must not look empty in
+        # between (a shutdown flush waiting for it would return with the letters unsent).
         for letter_item in letters:
             self._acc.add(self._config.dead_letter_stream, letter_item)
+        self._acc.release(list(items))
 
     # --- shard maps ---------------------------------------------------------------------------
 
@@ -329,7 +334,8 @@ class Sender:
         """Send everything buffered; True when all of it was settled within `within` seconds."""
         self._acc.close_all()
         try:
-            await asyncio.wait_for(self._acc.wait_empty(), within)
+            async with asyncio.timeout(within):
+                await self._acc.wait_empty()
         except TimeoutError:
             return False
         return True

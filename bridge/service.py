@@ -282,7 +282,8 @@ class Bridge:
         if now - self._hstream_checked < 1.0:
             return self._hstream_ok
         try:
-            await asyncio.wait_for(self.client.echo(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self.client.echo()
         except Exception:  # any failure means not reachable; the reason is logged by the client
             ok = False
         else:

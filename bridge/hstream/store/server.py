@@ -28,12 +28,43 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") if host.startswith("[") else host, int(port)
 
 
+def _tls_files(
+    cert_file: Path | None, key_file: Path | None, client_ca_file: Path | None
+) -> tuple[Path, Path, Path | None] | None:
+    """Check that the TLS options make sense together: cert and key, or neither."""
+    if cert_file is None and key_file is None:
+        if client_ca_file is not None:
+            raise ValueError("a TLS client CA needs a server certificate and key")
+        return None
+    if cert_file is None or key_file is None:
+        raise ValueError("TLS needs both a server certificate and its key")
+    return Path(cert_file), Path(key_file), None if client_ca_file is None else Path(client_ca_file)
+
+
+def server_credentials(
+    cert_file: Path, key_file: Path, client_ca_file: Path | None = None
+) -> grpc.ServerCredentials:
+    """TLS with the certificate chain and key in PEM files; with `client_ca_file`, clients must
+    present a certificate signed by that CA (mutual TLS)."""
+    client_ca = client_ca_file.read_bytes() if client_ca_file is not None else None
+    return grpc.ssl_server_credentials(
+        [(key_file.read_bytes(), cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 class EmbeddedStore:
     """A durable single-node HStreamDB-API server on SQLite, as an async context manager.
 
     After `__aenter__`, `.port` is the bound port (also when `listen` asked for port 0), and
     `.address`/`.url` are what clients should use. Lookups answer `advertised_host`, which
     defaults to the listen host (or this machine's host name when listening on a wildcard).
+
+    With `tls_cert_file` and `tls_key_file` the store serves TLS only and `.url` is
+    `hstreams://`. Clients verify the host they dial against the certificate, and they dial
+    the advertised host after a lookup: that name (or IP) must be in the certificate's SANs.
+    `tls_client_ca_file` makes client certificates signed by that CA mandatory.
     """
 
     def __init__(
@@ -46,7 +77,11 @@ class EmbeddedStore:
         username: str | None = None,
         password: str | None = None,
         grace: float = DEFAULT_GRACE,
+        tls_cert_file: Path | None = None,
+        tls_key_file: Path | None = None,
+        tls_client_ca_file: Path | None = None,
     ) -> None:
+        self._tls = _tls_files(tls_cert_file, tls_key_file, tls_client_ca_file)
         self.data_dir = Path(data_dir)
         self.listen = listen
         host, _ = split_listen(listen)
@@ -67,8 +102,12 @@ class EmbeddedStore:
         return f"{host}:{self.port}"
 
     @property
+    def tls(self) -> bool:
+        return self._tls is not None
+
+    @property
     def url(self) -> str:
-        return f"hstream://{self.address}"
+        return f"{'hstreams' if self.tls else 'hstream'}://{self.address}"
 
     @property
     def engine(self) -> Engine:
@@ -77,6 +116,8 @@ class EmbeddedStore:
         return self._engine
 
     async def start(self) -> None:
+        # Read the PEM files first: a missing file fails before the data dir is opened.
+        credentials = server_credentials(*self._tls) if self._tls is not None else None
         engine = Engine(self.data_dir)
         await engine.open()
         self._engine = engine
@@ -96,7 +137,10 @@ class EmbeddedStore:
             )
             servicer = StoreServicer(engine, host=self.host, max_record_bytes=self.max_record_bytes)
             add_servicer_to_server(servicer, server)
-            self.port = server.add_insecure_port(self.listen)
+            if credentials is not None:
+                self.port = server.add_secure_port(self.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(self.listen)
             servicer.port = self.port
             await server.start()
         except BaseException:
@@ -104,7 +148,7 @@ class EmbeddedStore:
             self._engine = None
             raise
         self._server, self._servicer = server, servicer
-        logger.info("embedded HStreamDB store on %s, data in %s", self.address, self.data_dir)
+        logger.info("embedded HStreamDB store on %s, data in %s", self.url, self.data_dir)
 
     async def stop(self) -> None:
         """End consumer streams, stop gRPC (short grace for calls in flight), close SQLite."""
@@ -138,9 +182,15 @@ async def serve(
     max_record_bytes: int = 1 << 20,
     username: str | None = None,
     password: str | None = None,
+    tls_cert_file: Path | None = None,
+    tls_key_file: Path | None = None,
+    tls_client_ca_file: Path | None = None,
     handle_signals: bool = True,
 ) -> None:
-    """Run the store until cancelled or, with `handle_signals`, until SIGTERM/SIGINT."""
+    """Run the store until cancelled or, with `handle_signals`, until SIGTERM/SIGINT.
+
+    TLS options as for `EmbeddedStore`.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -157,8 +207,11 @@ async def serve(
             max_record_bytes,
             username=username,
             password=password,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_client_ca_file=tls_client_ca_file,
         ) as store:
-            print(f"hstream store listening on {store.address}", flush=True)
+            print(f"hstream store listening on {store.url}", flush=True)
             await stop.wait()
     finally:
         for sig in installed:
