@@ -36,6 +36,7 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
     "message",
     "asctime",
     "taskName",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
 }
 # Libraries that are chatty at INFO (uvicorn.access: a line per request; gmqtt: a line per
 # connect and subscribe).
