@@ -252,8 +252,18 @@ class Bridge:
             )
         return delivery.wait() if delivery is not None else None
 
+    def _qos0_only(self) -> bool:
+        """True when every subscription is QoS 0, so every message can be dropped."""
+        assert self.router is not None
+        return max(self.router.matcher.subscriptions().values(), default=0) == 0
+
     def _on_pressure(self, full: bool) -> None:
         assert self.source is not None
+        if full and self.settings.qos0_overflow == "drop" and self._qos0_only():
+            # Nothing here needs an acknowledgement: keep reading and drop (and count) QoS 0
+            # messages until the buffer drains, instead of leaving them to the broker's queue.
+            logger.warning("byte budget spent: dropping QoS 0 messages until the buffer drains")
+            return
         self.metrics.intake_paused.set(1 if full else 0)
         if full:
             logger.info("byte budget spent: pausing MQTT intake")
@@ -332,6 +342,14 @@ class Bridge:
         self.rules = rules
         self.metrics.rules_loaded.set(len(rules))
         logger.info("rules changed: %d rules", len(rules))
+        if (
+            self.source is not None
+            and self.accumulator is not None
+            and self.accumulator.under_pressure
+            and not self.source.paused
+            and not self._qos0_only()
+        ):
+            self._on_pressure(True)  # a QoS 1/2 rule now: dropping is no longer allowed
         if self.source is not None:
             try:
                 await self.source.set_subscriptions(matcher.subscriptions())

@@ -156,3 +156,52 @@ async def test_broker_restart_is_reconnected_and_nothing_is_lost(
         await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, numbered(1000, 1000))
         records = await wait_for_records(url, "tele", 2000)
         assert set(numbers(records)) == set(range(2000))
+
+
+async def test_qos0_overflow_is_dropped_and_counted_instead_of_pausing(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    rule = {"id": "q0", "topic": "q0/{dev}", "stream": "q0", "key": "${dev}", "qos": 0}
+    budget = 64 * 1024
+    async with subprocess_store(tmp_path / "store") as store:
+        settings = bridge_settings(
+            tmp_path / "bridge",
+            mosquitto.url,
+            hstream_url=store.url,
+            rules=[rule],
+            buffer_bytes=budget,
+            batch_max_bytes=16 * 1024,
+            append_timeout=1.0,
+        )
+        async with running_bridge(settings) as bridge:
+            assert bridge.source is not None
+            assert bridge.accumulator is not None
+            source, accumulator = bridge.source, bridge.accumulator
+            store.kill()
+            messages = [
+                (f"q0/d{n % 5}", json.dumps({"n": n, "pad": "x" * 300}).encode())
+                for n in range(2000)
+            ]  # ~700 KiB: ten times the budget
+            await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, messages, qos=0)
+
+            def received() -> float:
+                return (
+                    bridge.metrics.registry.get_sample_value(
+                        "hstream_bridge_messages_received_total", {"qos": "0"}
+                    )
+                    or 0.0
+                )
+
+            await wait_until(lambda: received() == len(messages), 30, "every QoS 0 message")
+            assert not source.paused  # QoS 0 only: reading went on, nothing waits in the broker
+            dropped = bridge.metrics.registry.get_sample_value(
+                "hstream_bridge_records_dropped_total", {"reason": "qos0_overflow"}
+            )
+            assert dropped is not None
+            assert dropped > 0
+            assert accumulator.peak_bytes <= budget + 2 * 1024
+            await store.restart()
+            kept = len(messages) - int(dropped)
+            records = await wait_for_records(store.url, "q0", kept, timeout=60)
+            assert len(records) == kept
+            print(f"\nQoS 0 while the store was down: {int(dropped)} dropped, {kept} stored")
