@@ -147,3 +147,25 @@ async def test_store_command_serves_the_api_and_stops_cleanly_on_sigterm(tmp_pat
         process.terminate()
         output, _ = await asyncio.to_thread(process.communicate, timeout=20)
     assert process.returncode == 0, output.decode()
+
+
+async def test_rules_made_over_http_survive_kill_9(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    import httpx
+
+    bridge = BridgeProcess(tmp_path / "bridge", ["--mqtt-url", mosquitto.url])
+    await bridge.start()
+    made = [
+        {"id": f"r{n}", "topic": f"k9/{n}/{{dev}}", "stream": f"k9_{n}", "key": "${dev}"}
+        for n in range(5)
+    ]
+    async with httpx.AsyncClient(base_url=bridge.api_url, timeout=5) as http:
+        for body in made:
+            assert (await http.post("/rules", json=body)).status_code == 201
+        assert (await http.delete("/rules/r3")).status_code == 204
+        expected = (await http.get("/rules")).json()
+    bridge.kill()  # right after the last answer: the change must already be on disk
+    await bridge.start()
+    async with httpx.AsyncClient(base_url=bridge.api_url, timeout=5) as http:
+        assert (await http.get("/rules")).json() == expected
+    assert [rule["id"] for rule in expected] == ["r0", "r1", "r2", "r4"]
+    assert await bridge.terminate() == 0
