@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.hstream.records import ReceivedRecord
+from bridge.service import Bridge
 from tests.support.bridge import bridge_settings, running_bridge, wait_for_records
 from tests.support.mosquitto import Mosquitto, publish
 
@@ -146,3 +147,32 @@ async def test_stream_deleted_and_recreated_behind_the_bridge_is_rediscovered(
             assert isinstance(record.payload, bytes)
             by_key.setdefault(record.key, []).append(int(record.payload.split()[1]))
         assert all(seqs == sorted(seqs) for seqs in by_key.values())
+
+
+async def test_two_replicas_in_a_shared_group_split_the_load_and_store_everything_once(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    from tests.support.store import subprocess_store
+
+    rules = [{"id": "r", "topic": "grp/{dev}", "stream": "grouped", "key": "${dev}"}]
+    async with subprocess_store(tmp_path / "store") as store:
+        common = {"hstream_url": store.url, "rules": rules, "mqtt_shared_group": "bridges"}
+        one = bridge_settings(tmp_path / "one", mosquitto.url, client_id="replica-1", **common)
+        two = bridge_settings(tmp_path / "two", mosquitto.url, client_id="replica-2", **common)
+        async with running_bridge(one) as first, running_bridge(two) as second:
+            messages = [(f"grp/d{n % 20}", b"%d" % n) for n in range(2000)]
+            await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, messages)
+            records = await wait_for_records(store.url, "grouped", 2000)
+
+            def received(bridge: Bridge) -> float:
+                value = bridge.metrics.registry.get_sample_value(
+                    "hstream_bridge_messages_received_total", {"qos": "1"}
+                )
+                return float(value or 0.0)
+
+            shares = (received(first), received(second))
+        assert sorted(int(r.payload) for r in records if isinstance(r.payload, bytes)) == list(
+            range(2000)
+        )
+        assert sum(shares) == 2000
+        assert min(shares) > 0, shares
