@@ -5,8 +5,15 @@ tail).
 over `HSTREAM_BRIDGE_<NAME>` in the environment, which wins over the `--config` TOML file.
 """
 
+import os
+
+# gRPC's C core logs TLS handshake failures and the like to stderr on its own; our error
+# lines say what failed. Set before grpc is imported anywhere.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import signal
@@ -69,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(run)
     run.set_defaults(func=_run)
 
+    from bridge.hstream.store.__main__ import add_arguments as add_store_arguments
+
     store = commands.add_parser("store", help="run the embedded HStreamDB-API store on its own")
-    store.add_argument("--listen", default="127.0.0.1:6570", help="gRPC address host:port")
-    store.add_argument("--data-dir", type=Path, default=Path("./data/store"), help="data folder")
-    store.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    store.set_defaults(func=_store)
+    add_store_arguments(store, data_dir_default=Path("./data/store"))
+    store.set_defaults(func=functools.partial(_store, store))
 
     from bridge.cli.resources import add_resource_commands
 
@@ -134,13 +141,10 @@ async def _serve_bridge(settings: Settings) -> int:
     return 0
 
 
-def _store(args: argparse.Namespace) -> int:
-    from bridge.hstream.store import serve
-    from bridge.logs import setup_logging
+def _store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from bridge.hstream.store.__main__ import run
 
-    setup_logging(args.log_level)
-    asyncio.run(serve(args.listen, args.data_dir))
-    return 0
+    return run(parser, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

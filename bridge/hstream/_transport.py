@@ -65,8 +65,21 @@ def basic_auth(username: str | None, password: str | None) -> Metadata | None:
 def tls_credentials(
     ca_file: Path | str | None, cert_file: Path | str | None, key_file: Path | str | None
 ) -> grpc.ChannelCredentials:
+    """TLS credentials from PEM files (no `ca_file`: the system's roots).
+
+    Raises ValueError for a client certificate without its key or the other way round (gRPC's
+    C core would abort the whole process on the first connect) and for an unreadable file.
+    """
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a TLS client certificate and its key go together (cert_file, key_file)")
+
     def read(path: Path | str | None) -> bytes | None:
-        return Path(path).read_bytes() if path is not None else None
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read TLS file {path}: {exc.strerror}") from exc
 
     return grpc.ssl_channel_credentials(
         root_certificates=read(ca_file),

@@ -1,41 +1,62 @@
 """`python -m bridge.hstream.store --listen HOST:PORT --data-dir DIR`: the store on its own.
 
+`hstream-bridge store` is the same command (it uses `add_arguments` and `run` from here).
 Add `--tls-cert FILE --tls-key FILE` to serve TLS (`hstreams://`), and `--tls-client-ca FILE`
 to require client certificates signed by that CA.
 """
 
 import argparse
 import asyncio
-import logging
 import os
 from pathlib import Path
 
-from bridge.hstream.store.server import serve
+from bridge.hstream.store.server import serve, server_credentials
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.hstream.store")
+def add_arguments(parser: argparse.ArgumentParser, *, data_dir_default: Path | None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:6570", help="HOST:PORT to bind")
-    parser.add_argument("--data-dir", type=Path, required=True, help="where the data lives")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=data_dir_default,
+        required=data_dir_default is None,
+        help="where the data lives",
+    )
     parser.add_argument("--advertised-host", default=None, help="host that lookups answer")
     parser.add_argument("--max-record-bytes", type=int, default=1 << 20)
-    parser.add_argument("--username", default=None)
-    parser.add_argument("--password", default=os.environ.get("HSTREAM_STORE_PASSWORD"))
+    parser.add_argument("--username", default=None, help="require Basic auth with this user")
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("HSTREAM_STORE_PASSWORD"),
+        help="its password (default: env HSTREAM_STORE_PASSWORD)",
+    )
     parser.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, default=None, help="its private key (PEM)")
     parser.add_argument(
         "--tls-client-ca", type=Path, default=None, help="require client certs from this CA"
     )
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+    )
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Check the TLS options, then serve until SIGTERM/SIGINT (exit 0)."""
+    from bridge.logs import setup_logging
+
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
-    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
-        if path is not None and not path.is_file():
-            parser.error(f"no such file: {path}")
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    if args.tls_cert is not None:
+        try:  # unreadable or non-PEM files: one line now rather than a traceback later
+            server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except ValueError as exc:
+            parser.error(str(exc))
+    setup_logging(args.log_level.lower())
     asyncio.run(
         serve(
             args.listen,
@@ -50,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bridge.hstream.store")
+    add_arguments(parser, data_dir_default=None)
+    return run(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -45,13 +45,29 @@ def server_credentials(
     cert_file: Path, key_file: Path, client_ca_file: Path | None = None
 ) -> grpc.ServerCredentials:
     """TLS with the certificate chain and key in PEM files; with `client_ca_file`, clients must
-    present a certificate signed by that CA (mutual TLS)."""
-    client_ca = client_ca_file.read_bytes() if client_ca_file is not None else None
+    present a certificate signed by that CA (mutual TLS).
+
+    Raises ValueError for a file that cannot be read or holds no PEM of the expected kind:
+    gRPC itself would only fail to bind, with the reason in its C-core log.
+    """
+    cert = _read_pem(cert_file, b"CERTIFICATE-----", "certificate")
+    key = _read_pem(key_file, b"PRIVATE KEY-----", "private key")
+    client_ca = None
+    if client_ca_file is not None:
+        client_ca = _read_pem(client_ca_file, b"CERTIFICATE-----", "CA certificate")
     return grpc.ssl_server_credentials(
-        [(key_file.read_bytes(), cert_file.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+def _read_pem(path: Path, marker: bytes, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the TLS {what} {path}: {exc.strerror}") from exc
+    if b"-----BEGIN " not in data or marker not in data:
+        raise ValueError(f"{path} holds no PEM {what}")
+    return data
 
 
 class EmbeddedStore:
@@ -138,7 +154,12 @@ class EmbeddedStore:
             servicer = StoreServicer(engine, host=self.host, max_record_bytes=self.max_record_bytes)
             add_servicer_to_server(servicer, server)
             if credentials is not None:
-                self.port = server.add_secure_port(self.listen, credentials)
+                try:
+                    self.port = server.add_secure_port(self.listen, credentials)
+                except RuntimeError as exc:
+                    raise RuntimeError(
+                        f"{exc} (with TLS: also when the certificate and key do not match)"
+                    ) from exc
             else:
                 self.port = server.add_insecure_port(self.listen)
             servicer.port = self.port
