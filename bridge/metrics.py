@@ -231,7 +231,8 @@ class BridgeMetrics:
         )
         self.queuing_bytes = Gauge(
             f"{PREFIX}_queuing_bytes",
-            "Encoded bytes buffered or in flight; counted against the byte budget.",
+            "Memory held by buffered or in-flight records (records, held messages, overheads);"
+            " what the byte budget counts.",
             registry=r,
         )
         self.budget_bytes = Gauge(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge import deadletter
-from bridge.accumulator import Accumulator, Batch, Item, ShardQueue, StreamState
+from bridge.accumulator import RECORD_OVERHEAD, Accumulator, Batch, Item, ShardQueue, StreamState
 from bridge.hstream.errors import (
     HStreamError,
     InvalidName,
@@ -257,6 +257,7 @@ class Sender:
                 item.delivery,
                 item.received_at,
                 item.rule_id,
+                item.cost - item.size - RECORD_OVERHEAD,  # the message it still holds back
             )
             for item in items
         ]

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bridge.accumulator import Accumulator, Delivery, Item
+from bridge.accumulator import MESSAGE_OVERHEAD, Accumulator, Delivery, Item
 from bridge.api import RuleConflict, RuleMissing, is_loopback, parse_listen, serve_api
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.records import Compression
@@ -244,12 +244,16 @@ class Bridge:
             return None
         outputs = router.outputs(message, routes)
         delivery = Delivery(len(outputs), self._loop) if message.qos else None
+        # A QoS 1/2 message stays in memory until acknowledged; a QoS 0 one is gone now.
+        held = len(message.payload) + len(message.topic) + MESSAGE_OVERHEAD if delivery else 0
         for out in outputs:
             if out.reason is not None:
                 self.metrics.observe_dead_letter(out.rule_id, out.reason)
             accumulator.add(
-                out.stream, Item(out.data, out.key, delivery, message.received_at, out.rule_id)
+                out.stream,
+                Item(out.data, out.key, delivery, message.received_at, out.rule_id, held),
             )
+            held = 0  # the message is charged once, with its first record
         return delivery.wait() if delivery is not None else None
 
     def _qos0_only(self) -> bool:

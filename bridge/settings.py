@@ -70,7 +70,10 @@ class Settings(BaseSettings):
     )
     linger: float = Field(0.005, ge=0, description="Seconds a batch waits to fill before sending")
     buffer_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Byte budget over all buffered or in-flight records"
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Memory budget over buffered or in-flight records and the messages they "
+        "hold back; intake pauses when it is spent",
     )
     max_record_bytes: int = Field(
         1 << 20, ge=1024, description="Records larger than this go to the dead-letter stream"

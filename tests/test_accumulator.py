@@ -2,7 +2,14 @@
 
 import asyncio
 
-from bridge.accumulator import Accumulator, Delivery, Item, ShardQueue, StreamState
+from bridge.accumulator import (
+    RECORD_OVERHEAD,
+    Accumulator,
+    Delivery,
+    Item,
+    ShardQueue,
+    StreamState,
+)
 from bridge.hstream.shards import ShardMap, ShardRange, split_key_space
 
 
@@ -110,8 +117,10 @@ async def test_zero_linger_keeps_filling_while_an_append_is_in_flight() -> None:
 
 async def test_pressure_reported_at_budget_and_cleared_at_low_water() -> None:
     rec = Recorder()
-    acc = rec.make(budget_bytes=1000, batch_max_bytes=1000)
     items = [item(b"x" * 250) for _ in range(4)]
+    cost = items[0].cost
+    assert cost == 250 + RECORD_OVERHEAD  # memory, not just the encoded record
+    acc = rec.make(budget_bytes=4 * cost, batch_max_bytes=4 * cost)
     for it in items[:3]:
         acc.add("s", it)
     assert rec.pressure == []
@@ -119,10 +128,15 @@ async def test_pressure_reported_at_budget_and_cleared_at_low_water() -> None:
     assert rec.pressure == [True]
     assert acc.under_pressure
     acc.release(items[:1])
-    assert rec.pressure == [True]  # 750 bytes: still above half the budget
+    assert rec.pressure == [True]  # 3/4 of the budget: still above half
     acc.release(items[1:3])
     assert rec.pressure == [True, False]
-    assert acc.buffered_bytes == 250
+    assert acc.buffered_bytes == cost
+
+
+async def test_a_held_message_is_charged_with_its_first_record() -> None:
+    held = Item(b"r", "", None, 0.0, "rule", held=1000)
+    assert (held.size, held.cost) == (1, 1 + RECORD_OVERHEAD + 1000)
 
 
 async def test_reshard_keeps_per_key_order() -> None:
