@@ -197,3 +197,32 @@ async def test_rules_made_over_http_survive_a_restart(mosquitto: Mosquitto, tmp_
         assert kept[0].payload == {"t": 1.0}
         assert kept[0].key == "d7"
         assert (await wait_for_records(second.store.url, "after", 1))[0].payload == b"x"
+
+
+async def test_concurrent_rule_changes_leave_a_whole_rules_file(live: tuple[Bridge, str]) -> None:
+    from rules import RulesFile
+
+    running, _ = live
+    async with await http(running) as client:
+        created = await asyncio.gather(
+            *(
+                client.post("/rules", json=rule(f"c{n}", f"conc/{n}/#", f"conc_{n}"))
+                for n in range(30)
+            )
+        )
+        assert [r.status_code for r in created] == [201] * 30
+        changed = await asyncio.gather(
+            *(client.delete(f"/rules/c{n}") for n in range(0, 30, 3)),
+            *(
+                client.put(f"/rules/c{n}", json=rule(f"c{n}", f"conc/{n}/#", f"moved_{n}"))
+                for n in range(1, 30, 3)
+            ),
+        )
+        assert {r.status_code for r in changed} == {200, 204}
+        served = (await client.get("/rules")).json()
+    on_disk = RulesFile(running.data_dir / "rules.json").load()
+    assert [r.model_dump() for r in on_disk] == served
+    assert sorted(r["id"] for r in served) == sorted(f"c{n}" for n in range(30) if n % 3)
+    assert all(r["stream"] == f"moved_{r['id'][1:]}" for r in served if int(r["id"][1:]) % 3 == 1)
+    assert running.source is not None
+    assert set(running.source.subscriptions) == {f"conc/{n}/#" for n in range(30) if n % 3}
