@@ -21,6 +21,7 @@ REASON_INVALID_STREAM_NAME = "invalid_stream_name"
 REASON_RECORD_TOO_LARGE = "record_too_large"
 REASON_STREAM_NOT_FOUND = "stream_not_found"
 REASON_REJECTED = "rejected_by_hstreamdb"
+REASON_ENCODE_ERROR = "encode_error"
 
 
 def _now() -> str:

@@ -7,6 +7,7 @@ never be stored (invalid JSON for a json rule, a stream name HStreamDB would ref
 the size limit).
 """
 
+import logging
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -15,6 +16,8 @@ from bridge.hstream._api import FLAG_JSON, FLAG_RAW
 from bridge.hstream.records import encode_header, json_object, struct_bytes, with_header
 from bridge.mqtt import Message
 from rules import Matcher, Route
+
+logger = logging.getLogger(__name__)
 
 ATTR_TOPIC = "mqtt.topic"
 ATTR_QOS = "mqtt.qos"
@@ -31,6 +34,11 @@ class Output(NamedTuple):
     rule_id: str
     reason: str | None = None
     target: str | None = None  # the stream a dead letter was meant for, when it rendered
+
+
+def _valid_text(text: str) -> str:
+    """Text protobuf can serialize (lone surrogates replaced)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def message_attributes(message: Message) -> dict[str, str]:
@@ -73,7 +81,14 @@ class Router:
         return self.matcher.route(topic)
 
     def outputs(self, message: Message, routes: Iterable[Route]) -> list[Output]:
-        return [self._output(message, route) for route in routes]
+        out = []
+        for route in routes:
+            try:
+                out.append(self._output(message, route))
+            except Exception as exc:  # a message must never crash intake (it would come again)
+                logger.exception("cannot encode a record of rule %s", route.rule.id)
+                out.append(self._dead(message, route, deadletter.REASON_ENCODE_ERROR, repr(exc)))
+        return out
 
     def _dead(
         self,
@@ -82,13 +97,17 @@ class Router:
         reason: str,
         error: str,
     ) -> Output:
+        attributes = {
+            _valid_text(name): _valid_text(value)
+            for name, value in message_attributes(message).items()
+        }
         data = deadletter.letter(
             message.payload,
             reason=reason,
             rule_id=route.rule.id,
-            attributes=message_attributes(message),
+            attributes=attributes,
             stream=route.stream,
-            error=error,
+            error=_valid_text(error),
         )
         return Output(self.dead_letter_stream, "", data, route.rule.id, reason, route.stream)
 
