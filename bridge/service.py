@@ -167,7 +167,10 @@ class Bridge:
         source.on_connection_change = self._on_connection_change  # before the first connect
         self.source = await self._stack.enter_async_context(source)
         self.metrics.mqtt_connected.set(1 if source.connected else 0)
-        await self.source.set_subscriptions(self.router.matcher.subscriptions())
+        try:
+            await self.source.set_subscriptions(self.router.matcher.subscriptions())
+        except MqttError as exc:  # e.g. an ACL refuses a filter: kept wanted, retried later
+            logger.warning("broker refused subscriptions at start: %s", exc)
         logger.info(
             "bridge running: %d rules, MQTT %s, HStreamDB %s, API %s",
             len(self.rules),

@@ -119,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve_bridge(settings: Settings) -> int:
+    from bridge.mqtt import ConnectRefused
     from bridge.service import Bridge
     from rules import RulesFileError
 
@@ -133,8 +134,8 @@ async def _serve_bridge(settings: Settings) -> int:
             # latency spikes under load.
             gc.freeze()
             await bridge.run(stop)
-    except (RulesFileError, ValueError) as exc:
-        # A configuration problem: one clear line, no traceback.
+    except (RulesFileError, ValueError, ConnectRefused) as exc:
+        # A configuration problem (bad rules file, settings, credentials): one clear line.
         print(f"hstream-bridge: {exc}", file=sys.stderr)
         return 2
     logger.info("stopped")
