@@ -209,26 +209,18 @@ async def test_mqtt_311_with_a_password_from_the_environment_stores_messages(
     config.write_text(RULES)
     broker = password_broker(tmp_path)
     try:
-        bridge = BridgeProcess(
-            tmp_path / "bridge",
-            [
-                "--mqtt-url",
-                broker.url,
-                "--mqtt-protocol",
-                "3.1.1",
-                "--mqtt-username",
-                "bridge",
-                "--config",
-                str(config),
-                "--store-listen",
-                "127.0.0.1:0",
-            ],  # fmt: skip
-            env={"HSTREAM_BRIDGE_MQTT_PASSWORD": "secret"},
-        )
+        args = [
+            "--mqtt-url", broker.url,
+            "--mqtt-protocol", "3.1.1",
+            "--mqtt-username", "bridge",
+            "--config", str(config),
+            "--store-listen", "127.0.0.1:0",
+        ]  # fmt: skip
+        env = {"HSTREAM_BRIDGE_MQTT_PASSWORD": "secret"}
+        bridge = BridgeProcess(tmp_path / "bridge", args, env=env)
         await bridge.start()
-        publisher = Publisher(broker.host, broker.port, protocol=4)
-        publisher._client.username_pw_set("bridge", "secret")
-        with publisher:
+        credentials = {"username": "bridge", "password": "secret"}
+        with Publisher(broker.host, broker.port, protocol=4, **credentials) as publisher:
             await asyncio.to_thread(publisher.publish_many, messages(300))
 
         async def stored() -> bool:

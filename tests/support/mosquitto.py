@@ -286,12 +286,16 @@ class Publisher:
         client_id: str = "",
         protocol: int = 5,
         max_inflight: int = 1000,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         version = paho.MQTTv5 if protocol == 5 else paho.MQTTv311
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version
         )
         self._client.max_inflight_messages_set(max_inflight)
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.max_queued_messages_set(0)
         self._host, self._port = host, port
         self._connected = threading.Event()
