@@ -219,8 +219,9 @@ async def test_mqtt_311_with_a_password_from_the_environment_stores_messages(
         env = {"HSTREAM_BRIDGE_MQTT_PASSWORD": "secret"}
         bridge = BridgeProcess(tmp_path / "bridge", args, env=env)
         await bridge.start()
-        credentials = {"username": "bridge", "password": "secret"}
-        with Publisher(broker.host, broker.port, protocol=4, **credentials) as publisher:
+        with Publisher(
+            broker.host, broker.port, protocol=4, username="bridge", password="secret"
+        ) as publisher:
             await asyncio.to_thread(publisher.publish_many, messages(300))
 
         async def stored() -> bool:
