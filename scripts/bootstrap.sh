@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: a virtual environment with the package and its test tools, and the
-# system binaries the tests start (Mosquitto, docker-compose for validating the compose file).
+# system binaries the tests use (Mosquitto, docker-compose to validate the compose file,
+# openssl to make test certificates).
 # Usage: scripts/bootstrap.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ if [[ "${1:-}" == "--test" ]]; then
     missing=()
     command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # TLS test certificates
     if (( ${#missing[@]} )); then
         SUDO=""
         [[ "$(id -u)" == 0 ]] || SUDO="sudo"
