@@ -1,0 +1,53 @@
+"""The benchmark harnesses still run end to end (tiny sizes; no timing is asserted here).
+
+BENCHMARKS.md is only as good as the commands that reproduce it: these runs keep them working.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_pipeline_benchmark_stores_every_message_in_each_cell(tmp_path: Path) -> None:
+    output = tmp_path / "pipeline.md"
+    result = run(
+        "bench.pipeline",
+        "--messages", "2000",
+        "--cells", "bridge,reference,latency",
+        "--latency-seconds", "1",
+        "--cell-timeout", "120",
+        "--output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = output.read_text()
+    bridge_row = next(line for line in table.splitlines() if line.startswith("| bridge, payload"))
+    assert "2,000/2,000" in bridge_row
+    assert "| reference" in table
+    assert "paced at" in table
+
+
+def test_append_benchmark_runs_ours_and_the_official_client(tmp_path: Path) -> None:
+    result = run(
+        "bench.append",
+        "--seconds", "0.3",
+        "--batches", "100",
+        "--compressions", "none",
+        "--rows", "encoded,official",
+        "--out", str(tmp_path / "append.md"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ours append_encoded" in result.stdout
+    assert "official append" in result.stdout
