@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 
-from bridge.hstream._api import FLAG_JSON, pb
-from bridge.hstream.records import encode_raw
+from bridge.hstream.records import EncodedRecord, encode_raw
 
 REASON_INVALID_JSON = "invalid_json"
 REASON_INVALID_STREAM_NAME = "invalid_stream_name"
@@ -56,10 +55,9 @@ def letter_from_record(
 
     RAW payloads keep their bytes; a JSON record's Struct is turned back into JSON text.
     """
-    record = pb.HStreamRecord()
-    record.ParseFromString(encoded)
-    payload: bytes = record.payload
-    if record.header.flag == FLAG_JSON:
+    record = EncodedRecord.parse(encoded)
+    payload = record.payload
+    if record.is_json:
         struct = Struct()
         struct.ParseFromString(payload)
         payload = json.dumps(json_format.MessageToDict(struct), separators=(",", ":")).encode()
@@ -67,7 +65,7 @@ def letter_from_record(
         payload,
         reason=reason,
         rule_id=rule_id,
-        attributes=dict(record.header.attributes),
+        attributes=record.attributes,
         stream=stream,
         error=error,
     )

@@ -12,8 +12,14 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from bridge import deadletter
-from bridge.hstream._api import FLAG_JSON, FLAG_RAW
-from bridge.hstream.records import encode_header, json_object, struct_bytes, with_header
+from bridge.hstream.records import (
+    FLAG_JSON,
+    FLAG_RAW,
+    encode_header,
+    json_object,
+    struct_bytes,
+    with_header,
+)
 from bridge.mqtt import Message
 from rules import Matcher, Route
 

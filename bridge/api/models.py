@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from bridge.api.protocol import DryRunOutput
-from bridge.hstream._api import FLAG_JSON, pb
+from bridge.hstream.records import EncodedRecord
 from rules import Rule, topic_name_problem
 
 MAX_DRY_RUN_PAYLOAD: Final = 1 << 20
@@ -235,17 +235,15 @@ class DryRunRecord(BaseModel):
     @classmethod
     def decode(cls, data: bytes) -> "DryRunRecord":
         """Read back an encoded HStreamRecord (what `bridge.router` produced)."""
-        record = pb.HStreamRecord()
-        record.ParseFromString(data)
-        header = record.header
-        raw: bytes = record.payload
-        if header.flag == FLAG_JSON:
+        record = EncodedRecord.parse(data)
+        raw = record.payload
+        if record.is_json:
             value = _struct_object(raw)
             if value is not None and _strict_json(value):
                 return cls(
                     flag="JSON",
-                    key=header.key,
-                    attributes=dict(header.attributes),
+                    key=record.key,
+                    attributes=record.attributes,
                     payload=value,
                     payload_encoding="json",
                 )
@@ -259,9 +257,9 @@ class DryRunRecord(BaseModel):
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         return cls(
-            flag="JSON" if header.flag == FLAG_JSON else "RAW",
-            key=header.key,
-            attributes=dict(header.attributes),
+            flag="JSON" if record.is_json else "RAW",
+            key=record.key,
+            attributes=record.attributes,
             payload=text,
             payload_encoding=encoding,
         )

@@ -20,7 +20,9 @@ import zstandard
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 
-from bridge.hstream._api import FLAG_JSON, FLAG_RAW, pb
+from bridge.hstream._api import FLAG_JSON as FLAG_JSON  # re-exported: the record flags
+from bridge.hstream._api import FLAG_RAW as FLAG_RAW
+from bridge.hstream._api import pb
 
 
 class Compression(enum.IntEnum):
@@ -76,6 +78,27 @@ class ReceivedRecord:
     @property
     def is_json(self) -> bool:
         return isinstance(self.payload, dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRecord:
+    """The parts of one serialized HStreamRecord (payload as stored: a JSON one is a Struct)."""
+
+    flag: int
+    key: str
+    attributes: dict[str, str]
+    payload: bytes
+
+    @property
+    def is_json(self) -> bool:
+        return self.flag == FLAG_JSON
+
+    @classmethod
+    def parse(cls, data: bytes) -> "EncodedRecord":
+        record = pb.HStreamRecord()
+        record.ParseFromString(data)
+        header = record.header
+        return cls(header.flag, header.key, dict(header.attributes), record.payload)
 
 
 def struct_bytes(value: Mapping[str, Any]) -> bytes:
