@@ -20,6 +20,7 @@ from typing import Any
 from bridge.accumulator import MESSAGE_OVERHEAD, Accumulator, Delivery, Item
 from bridge.api import RuleConflict, RuleMissing, is_loopback, parse_listen, serve_api
 from bridge.hstream.client import HStreamClient
+from bridge.hstream.errors import HStreamError
 from bridge.hstream.records import Compression
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt import Message, MqttError, MqttSettings, MqttSource
@@ -128,15 +129,23 @@ class Bridge:
             )
             hstream_url = self.store.url
             logger.info("embedded store listening on %s", self.store.address)
-        self.client = await self._stack.enter_async_context(
-            HStreamClient(
-                hstream_url,
-                ca_file=settings.hstream_ca_file,
-                cert_file=settings.hstream_cert_file,
-                key_file=settings.hstream_key_file,
-                timeout=settings.append_timeout,
-            )
+        client = HStreamClient(
+            hstream_url,
+            ca_file=settings.hstream_ca_file,
+            cert_file=settings.hstream_cert_file,
+            key_file=settings.hstream_key_file,
+            timeout=settings.append_timeout,
         )
+        self._stack.push_async_callback(client.close)
+        try:
+            await client.connect()
+        except HStreamError as exc:
+            if not exc.retriable:
+                raise
+            # An outage at start is waited out like any other: records wait in the buffer and
+            # appends are retried until HStreamDB answers (/ready says it is not reachable).
+            logger.warning("HStreamDB at %s is not reachable yet: %s", hstream_url, exc)
+        self.client = client
         self.sender = Sender(
             self.client,
             SenderConfig(

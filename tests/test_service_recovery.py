@@ -205,3 +205,30 @@ async def test_qos0_overflow_is_dropped_and_counted_instead_of_pausing(
             records = await wait_for_records(store.url, "q0", kept, timeout=60)
             assert len(records) == kept
             print(f"\nQoS 0 while the store was down: {int(dropped)} dropped, {kept} stored")
+
+
+async def test_bridge_starts_while_the_store_is_down_and_stores_once_it_is_up(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    from tests.support.store import StoreProcess, free_port
+
+    port = free_port()
+    store = StoreProcess(tmp_path / "store", port=port)
+    settings = bridge_settings(
+        tmp_path / "bridge", mosquitto.url, hstream_url=store.url, rules=[RULE]
+    )
+    async with running_bridge(settings) as bridge:
+        readiness = await bridge.readiness()
+        assert (readiness["mqtt"], readiness["hstream"]) == (True, False)
+        await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, numbered(0, 300))
+        await store.start()
+        try:
+            records = await wait_for_records(store.url, "tele", 300, timeout=60)
+            assert set(numbers(records)) == set(range(300))
+
+            async def ready() -> bool:
+                return bool((await bridge.readiness())["ready"])
+
+            await wait_until(ready, 10, "/ready to say HStreamDB is reachable")
+        finally:
+            store.kill()

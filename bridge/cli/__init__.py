@@ -119,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve_bridge(settings: Settings) -> int:
+    from bridge.hstream.errors import HStreamError
     from bridge.mqtt import ConnectRefused
     from bridge.service import Bridge
     from rules import RulesFileError
@@ -134,7 +135,7 @@ async def _serve_bridge(settings: Settings) -> int:
             # latency spikes under load.
             gc.freeze()
             await bridge.run(stop)
-    except (RulesFileError, ValueError, ConnectRefused) as exc:
+    except (RulesFileError, ValueError, ConnectRefused, HStreamError) as exc:
         # A configuration problem (bad rules file, settings, credentials): one clear line.
         print(f"hstream-bridge: {exc}", file=sys.stderr)
         return 2
