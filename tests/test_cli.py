@@ -232,3 +232,22 @@ async def test_mqtt_311_with_a_password_from_the_environment_stores_messages(
         assert await bridge.terminate() == 0
     finally:
         broker.close()
+
+
+async def test_ports_in_use_are_one_line_errors(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags in (
+            ["--api-listen", f"127.0.0.1:{port}"],
+            ["--api-listen", "127.0.0.1:0", "--store-listen", f"127.0.0.1:{port}"],
+        ):
+            result = await asyncio.to_thread(
+                run_bridge, "--data-dir", str(tmp_path / "data"), *flags
+            )
+            assert result.returncode == 2, result.stderr
+            assert f"127.0.0.1:{port}" in result.stderr
+            assert "Traceback" not in result.stderr

@@ -135,8 +135,9 @@ async def _serve_bridge(settings: Settings) -> int:
             # latency spikes under load.
             gc.freeze()
             await bridge.run(stop)
-    except (RulesFileError, ValueError, ConnectRefused, HStreamError) as exc:
-        # A configuration problem (bad rules file, settings, credentials): one clear line.
+    except (RulesFileError, ValueError, ConnectRefused, HStreamError, OSError) as exc:
+        # A configuration problem (rules file, settings, credentials, an address in use or a
+        # data dir that cannot be written): one clear line, no traceback.
         print(f"hstream-bridge: {exc}", file=sys.stderr)
         return 2
     logger.info("stopped")

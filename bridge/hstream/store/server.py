@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -153,15 +154,16 @@ class EmbeddedStore:
             )
             servicer = StoreServicer(engine, host=self.host, max_record_bytes=self.max_record_bytes)
             add_servicer_to_server(servicer, server)
-            if credentials is not None:
-                try:
+            try:
+                if credentials is not None:
                     self.port = server.add_secure_port(self.listen, credentials)
-                except RuntimeError as exc:
-                    raise RuntimeError(
-                        f"{exc} (with TLS: also when the certificate and key do not match)"
-                    ) from exc
-            else:
-                self.port = server.add_insecure_port(self.listen)
+                else:
+                    self.port = server.add_insecure_port(self.listen)
+            except RuntimeError as exc:  # gRPC says only "Failed to bind to address"
+                hint = " (or the TLS certificate and key do not match)" if credentials else ""
+                raise OSError(
+                    errno.EADDRNOTAVAIL, f"cannot listen on {self.listen}: {exc}{hint}"
+                ) from exc
             servicer.port = self.port
             await server.start()
         except BaseException:
