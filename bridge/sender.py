@@ -171,6 +171,10 @@ class Sender:
             except HStreamError as exc:
                 error = exc
                 error_retriable = exc.retriable
+            except Exception as exc:  # a bug must not lose the batch: log it, then retry
+                logger.exception("unexpected error appending to %s", stream)
+                error = HStreamError(f"unexpected error: {exc!r}")
+                error_retriable = True
             else:
                 self._events.stored(stream, batch.items, time.monotonic() - started)
                 self._settle(batch.items)
@@ -305,6 +309,11 @@ class Sender:
                     self._reject_stream(state, deadletter.REASON_REJECTED, exc)
                     return
                 await self._wait_retry(state.name, exc, attempt)
+                attempt += 1
+                continue
+            except Exception as exc:  # e.g. a stream with no active shard: retry, never stall
+                logger.exception("unexpected error looking up stream %s", state.name)
+                await self._wait_retry(state.name, HStreamError(repr(exc)), attempt)
                 attempt += 1
                 continue
             self._acc.set_shard_map(state, shard_map)

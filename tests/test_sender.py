@@ -239,3 +239,28 @@ async def test_flush_reports_timeout_while_store_is_down(within: float) -> None:
         await sender.aclose()
     leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith(("append:", "resolve:"))]
     assert leftover == [], "aclose() must not leave a retrying task behind"
+
+
+async def test_unexpected_errors_are_retried_not_lost() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    target.failures = [RuntimeError("a bug in a lower layer")]
+    lookups = 0
+    real_shard_map = target.shard_map
+
+    async def flaky_shard_map(stream: str) -> ShardMap:
+        nonlocal lookups
+        lookups += 1
+        if lookups == 1:
+            raise ValueError("a stream has at least one active shard")
+        return await real_shard_map(stream)
+
+    target.shard_map = flaky_shard_map  # type: ignore[method-assign]
+    acc, sender, events = make(target)
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("s", record(7, delivery=delivery))
+    await asyncio.wait_for(delivery.wait(), 5)
+    assert target.payloads("s") == [b"7"]
+    assert lookups == 2
+    assert events.retries == 2
+    await sender.aclose()
