@@ -117,10 +117,11 @@ class ShardQueue:
 
 
 class StreamState:
-    __slots__ = ("name", "pending", "resolving", "sending", "shard_map", "shards")
+    __slots__ = ("last_added", "name", "pending", "resolving", "sending", "shard_map", "shards")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.last_added = time.monotonic()
         self.shard_map: ShardMap | None = None
         self.pending: list[Item] = []
         self.shards: dict[int, ShardQueue] = {}
@@ -169,6 +170,8 @@ class Accumulator:
             state = self.streams[stream] = StreamState(stream)
             state.resolving = True
             self._on_new_stream(state)
+        else:
+            state.last_added = time.monotonic()
         self.buffered_bytes += item.cost
         self.buffered_records += 1
         if self.buffered_bytes > self.peak_bytes:
@@ -297,6 +300,29 @@ class Accumulator:
         for queue in list(state.shards.values()):
             if queue.ready and not queue.sending:
                 self._on_ready(queue)
+
+    def prune_idle(self, idle_for: float) -> list[str]:
+        """Forget streams that hold nothing and got no record for `idle_for` seconds.
+
+        Rendered stream names can be unbounded over time (a template over a device id); their
+        per-stream state must not be. A pruned stream is looked up again on its next record.
+        """
+        now = time.monotonic()
+        pruned = []
+        for name, state in list(self.streams.items()):
+            if (
+                now - state.last_added >= idle_for
+                and not state.resolving
+                and not state.sending
+                and not state.pending
+                and all(
+                    queue.open is None and not queue.ready and not queue.sending
+                    for queue in state.shards.values()
+                )
+            ):
+                del self.streams[name]
+                pruned.append(name)
+        return pruned
 
     # --- releasing ----------------------------------------------------------------------------
 

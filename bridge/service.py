@@ -35,6 +35,12 @@ RULES_FILE = "rules.json"
 STORE_DIR = "store"
 
 
+async def _cancel(task: "asyncio.Task[None]") -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class _Events:
     """Sender events to metrics."""
 
@@ -171,6 +177,8 @@ class Bridge:
             on_pressure=self._on_pressure,
         )
         self.sender.bind(self.accumulator)
+        pruner = asyncio.create_task(self._prune_idle_streams(), name="prune-idle-streams")
+        self._stack.push_async_callback(_cancel, pruner)
         self.metrics.bind_gauges(self.accumulator, self.sender)
         source = MqttSource(self._mqtt_settings(), self._on_message)
         source.on_connection_change = self._on_connection_change  # before the first connect
@@ -187,6 +195,19 @@ class Bridge:
             hstream_url,
             self.api_url,
         )
+
+    async def _prune_idle_streams(self) -> None:
+        """Forget the state of streams that went quiet (rendered names are unbounded)."""
+        idle_for = self.settings.stream_idle_timeout
+        while True:
+            await asyncio.sleep(min(60.0, idle_for / 2))
+            assert self.accumulator is not None
+            assert self.client is not None
+            pruned = self.accumulator.prune_idle(idle_for)
+            for stream in pruned:
+                self.client.invalidate(stream)
+            if pruned:
+                logger.debug("forgot %d idle streams", len(pruned))
 
     def _mqtt_settings(self) -> MqttSettings:
         s = self.settings

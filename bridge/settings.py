@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     stream_replication: int = Field(
         1, ge=1, description="Replication factor of streams the bridge creates"
     )
+    stream_idle_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds without records after which a stream's state is forgotten "
+        "(looked up again on its next record)",
+    )
     qos0_overflow: Literal["drop", "block"] = Field(
         "drop", description="QoS 0 messages when the buffer is full: drop (counted) or block"
     )

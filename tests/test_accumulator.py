@@ -190,3 +190,22 @@ async def test_waiting_batches_are_merged_up_to_the_limits_in_order() -> None:
     second = acc.coalesce(queue)
     assert [i.data for i in second.items] == [b"4", b"5", b"6"]  # the open batch joins too
     assert queue.open is None
+
+
+async def test_idle_empty_streams_are_forgotten_busy_ones_kept() -> None:
+    rec = Recorder()
+    acc = rec.make(linger=60.0)
+    for name in ("quiet", "busy", "waiting"):
+        acc.add(name, item(b"x"))
+    acc.set_shard_map(acc.streams["quiet"], shard_map(1))
+    acc.set_shard_map(acc.streams["busy"], shard_map(1))
+    quiet_queue = acc.streams["quiet"].shards[100]
+    assert quiet_queue.open is not None
+    sent = quiet_queue.open.items
+    quiet_queue.open = None  # as if sent and stored
+    acc.release(sent)
+    assert acc.prune_idle(3600) == []  # nothing is idle for an hour yet
+    assert acc.prune_idle(0) == ["quiet"]  # "busy" holds a record, "waiting" has no shard map
+    assert sorted(acc.streams) == ["busy", "waiting"]
+    acc.add("quiet", item(b"again"))  # comes back: looked up again
+    assert [s.name for s in rec.new_streams] == ["quiet", "busy", "waiting", "quiet"]

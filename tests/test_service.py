@@ -200,3 +200,27 @@ async def test_compressed_appends_read_back_byte_for_byte(
     with sqlite3.connect(tmp_path / "store" / DB_FILE) as db:
         kinds = {row[0] for row in db.execute("SELECT DISTINCT compression FROM records")}
     assert kinds == {int(Compression.parse(compression))}
+
+
+async def test_idle_per_device_streams_are_forgotten_and_work_again(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    from tests.support.bridge import wait_until
+
+    rules = [{"id": "dev", "topic": "per/{dev}", "stream": "dev_${dev}"}]
+    settings = bridge_settings(tmp_path, mosquitto.url, rules=rules, stream_idle_timeout=0.2)
+    async with running_bridge(settings) as bridge:
+        assert bridge.store is not None
+        assert bridge.accumulator is not None
+        accumulator = bridge.accumulator
+        first = [(f"per/d{n}", b"one") for n in range(5)]
+        await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, first)
+        for n in range(5):
+            await wait_for_records(bridge.store.url, f"dev_d{n}", 1)
+        await wait_until(lambda: not accumulator.streams, 10, "idle streams to be forgotten")
+        await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, [("per/d0", b"two")])
+        records = await wait_for_records(bridge.store.url, "dev_d0", 2)
+        assert sorted(r.payload for r in records if isinstance(r.payload, bytes)) == [
+            b"one",
+            b"two",
+        ]

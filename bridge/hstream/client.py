@@ -226,6 +226,7 @@ class HStreamClient:
     def invalidate(self, stream: str) -> None:
         """Forget what is cached about a stream's shards and their nodes."""
         self._shard_maps.pop(stream, None)
+        self._stream_fields.pop(stream, None)
         for key in [k for k in self._shard_targets if k[0] == stream]:
             del self._shard_targets[key]
 
