@@ -86,6 +86,11 @@ class Item:
         self.received_at = received_at
         self.rule_id = rule_id
 
+    @property
+    def held(self) -> int:
+        """The part of `cost` that is the held message (0 but for a message's first record)."""
+        return self.cost - self.size - RECORD_OVERHEAD
+
 
 class Batch:
     __slots__ = ("created", "items", "size")
@@ -121,6 +126,8 @@ class StreamState:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        # When the stream's newest batch was opened: close enough to its last record for
+        # `prune_idle` (a stream that holds records is never pruned, whatever this says).
         self.last_added = time.monotonic()
         self.shard_map: ShardMap | None = None
         self.pending: list[Item] = []
@@ -170,8 +177,6 @@ class Accumulator:
             state = self.streams[stream] = StreamState(stream)
             state.resolving = True
             self._on_new_stream(state)
-        else:
-            state.last_added = time.monotonic()
         self.buffered_bytes += item.cost
         self.buffered_records += 1
         if self.buffered_bytes > self.peak_bytes:
@@ -199,6 +204,7 @@ class Accumulator:
             batch = None
         if batch is None:
             batch = queue.open = Batch(time.monotonic())
+            state.last_added = batch.created  # idleness needs no clock read per record
             if self.linger > 0:
                 queue.timer = self._loop.call_later(self.linger, self._linger_expired, queue, batch)
         batch.items.append(item)

@@ -14,14 +14,14 @@ per-shard (and so per-key) order holds. Decisions are made by error class, never
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from bridge import deadletter
-from bridge.accumulator import RECORD_OVERHEAD, Accumulator, Batch, Item, ShardQueue, StreamState
+from bridge.accumulator import Accumulator, Batch, Item, ShardQueue, StreamState
+from bridge.backoff import backoff_delay
 from bridge.hstream.errors import (
     HStreamError,
     InvalidName,
@@ -74,12 +74,6 @@ class SenderConfig:
     shard_count: int = 1
     replication_factor: int = 1
     dead_letter_stream: str = "bridge_dead_letter"
-
-
-def backoff_delay(attempt: int, low: float, high: float) -> float:
-    """Capped exponential backoff with full jitter over the upper half of the step."""
-    step = min(high, low * (2 ** min(attempt, 30)))
-    return random.uniform(step / 2, step)
 
 
 class Sender:
@@ -206,18 +200,7 @@ class Sender:
                 return True
             if self._closing:
                 return False  # unsettled: its messages are not acknowledged
-            self._events.retried(stream, error)
-            if attempt == 0 or attempt % 20 == 0:
-                logger.warning(
-                    "append to %s shard %d failed (%s), retrying",
-                    stream,
-                    queue.shard_id,
-                    error,
-                    extra={"stream": stream, "code": error.code},
-                )
-            await asyncio.sleep(
-                backoff_delay(attempt, self._config.backoff_min, self._config.backoff_max)
-            )
+            await self._wait_retry(stream, error, attempt, f"append to shard {queue.shard_id}")
             attempt += 1
 
     def _settle(self, items: Sequence[Item]) -> None:
@@ -261,7 +244,7 @@ class Sender:
                 item.delivery,
                 item.received_at,
                 item.rule_id,
-                item.cost - item.size - RECORD_OVERHEAD,  # the message it still holds back
+                item.held,  # the message it still holds back
             )
             for item in items
         ]
@@ -319,11 +302,15 @@ class Sender:
             self._acc.set_shard_map(state, shard_map)
             return
 
-    async def _wait_retry(self, stream: str, error: HStreamError, attempt: int) -> None:
+    async def _wait_retry(
+        self, stream: str, error: HStreamError, attempt: int, what: str = "lookup"
+    ) -> None:
+        """Count a retry, log the first and every 20th, then back off."""
         self._events.retried(stream, error)
         if attempt == 0 or attempt % 20 == 0:
             logger.warning(
-                "looking up stream %s failed (%s), retrying",
+                "%s of stream %s failed (%s), retrying",
+                what,
                 stream,
                 error,
                 extra={"stream": stream, "code": error.code},

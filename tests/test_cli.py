@@ -171,67 +171,46 @@ async def test_rules_made_over_http_survive_kill_9(mosquitto: Mosquitto, tmp_pat
     assert await bridge.terminate() == 0
 
 
-def password_broker(tmp_path: Path) -> Mosquitto:
-    passwords = tmp_path / "passwords"
-    subprocess.run(
-        ["mosquitto_passwd", "-c", "-b", str(passwords), "bridge", "secret"],
-        check=True,
-        capture_output=True,
-    )
-    passwords.chmod(0o600)
-    config = f"allow_anonymous false\npassword_file {passwords}\n"
-    broker = Mosquitto(tmp_path / "broker", extra_config=config)
-    broker.start()
-    return broker
-
-
-def test_wrong_mqtt_password_is_a_clear_error(tmp_path: Path) -> None:
-    broker = password_broker(tmp_path)
-    try:
-        result = run_bridge(
-            "--data-dir", str(tmp_path / "data"),
-            "--api-listen", "127.0.0.1:0",
-            "--mqtt-url", broker.url,
-            "--mqtt-username", "bridge",
-            "--mqtt-password", "wrong",
-        )  # fmt: skip
-    finally:
-        broker.close()
+def test_wrong_mqtt_password_is_a_clear_error(password_broker: Mosquitto, tmp_path: Path) -> None:
+    result = run_bridge(
+        "--data-dir", str(tmp_path / "data"),
+        "--api-listen", "127.0.0.1:0",
+        "--mqtt-url", password_broker.url,
+        "--mqtt-username", "bridge",
+        "--mqtt-password", "wrong",
+    )  # fmt: skip
     assert result.returncode == 2
     assert "broker refused the connection" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 async def test_mqtt_311_with_a_password_from_the_environment_stores_messages(
-    tmp_path: Path,
+    password_broker: Mosquitto, tmp_path: Path
 ) -> None:
+    broker = password_broker
     config = tmp_path / "bridge.toml"
     config.write_text(RULES)
-    broker = password_broker(tmp_path)
-    try:
-        args = [
-            "--mqtt-url", broker.url,
-            "--mqtt-protocol", "3.1.1",
-            "--mqtt-username", "bridge",
-            "--config", str(config),
-            "--store-listen", "127.0.0.1:0",
-        ]  # fmt: skip
-        env = {"HSTREAM_BRIDGE_MQTT_PASSWORD": "secret"}
-        bridge = BridgeProcess(tmp_path / "bridge", args, env=env)
-        await bridge.start()
-        with Publisher(
-            broker.host, broker.port, protocol=4, username="bridge", password="secret"
-        ) as publisher:
-            await asyncio.to_thread(publisher.publish_many, messages(300))
+    args = [
+        "--mqtt-url", broker.url,
+        "--mqtt-protocol", "3.1.1",
+        "--mqtt-username", "bridge",
+        "--config", str(config),
+        "--store-listen", "127.0.0.1:0",
+    ]  # fmt: skip
+    env = {"HSTREAM_BRIDGE_MQTT_PASSWORD": "secret"}
+    bridge = BridgeProcess(tmp_path / "bridge", args, env=env)
+    await bridge.start()
+    with Publisher(
+        broker.host, broker.port, protocol=4, username="bridge", password="secret"
+    ) as publisher:
+        await asyncio.to_thread(publisher.publish_many, messages(300))
 
-        async def stored() -> bool:
-            text = await bridge.metrics()
-            return 'hstream_bridge_records_success_total{rule="tele",stream="tele"} 300.0' in text
+    async def stored() -> bool:
+        text = await bridge.metrics()
+        return 'hstream_bridge_records_success_total{rule="tele",stream="tele"} 300.0' in text
 
-        await wait_until(stored, 30, "300 records stored")
-        assert await bridge.terminate() == 0
-    finally:
-        broker.close()
+    await wait_until(stored, 30, "300 records stored")
+    assert await bridge.terminate() == 0
 
 
 async def test_ports_in_use_are_one_line_errors(tmp_path: Path) -> None:

@@ -9,16 +9,7 @@ saves building a `BatchedRecord` and an `AppendRequest` message and copying the 
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
-from bridge.hstream.records import Compression, RecordId, compress, frame_records
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+from bridge.hstream.records import Compression, RecordId, compress, frame_records, varint
 
 
 def stream_field(stream: str) -> bytes:

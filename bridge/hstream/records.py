@@ -133,7 +133,8 @@ def encode_header(flag: int, key: str = "", attributes: Mapping[str, str] | None
     return data
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint (for the hand-written wire formats of this package)."""
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -142,7 +143,7 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_VARINTS = [_varint(n) for n in range(1 << 14)]
+_VARINTS = [varint(n) for n in range(1 << 14)]
 
 
 def with_header(header: bytes, payload: bytes) -> bytes:
@@ -150,14 +151,14 @@ def with_header(header: bytes, payload: bytes) -> bytes:
     h, p = len(header), len(payload)
     varints = _VARINTS
     if not p:
-        return b"\x0a" + (varints[h] if h < 16384 else _varint(h)) + header
+        return b"\x0a" + (varints[h] if h < 16384 else varint(h)) + header
     return b"".join(
         (
             b"\x0a",
-            varints[h] if h < 16384 else _varint(h),
+            varints[h] if h < 16384 else varint(h),
             header,
             b"\x12",
-            varints[p] if p < 16384 else _varint(p),
+            varints[p] if p < 16384 else varint(p),
             payload,
         )
     )
@@ -170,15 +171,11 @@ def encode_record(record: Record) -> bytes:
 
 
 def _length_prefix(length: int) -> bytes:
-    out = bytearray(b"\x0a")
-    while length > 0x7F:
-        out.append((length & 0x7F) | 0x80)
-        length >>= 7
-    out.append(length)
-    return bytes(out)
+    """Field 1 (`records`) of a BatchHStreamRecords, up to its payload."""
+    return b"\x0a" + varint(length)
 
 
-_PREFIXES = [_length_prefix(n) for n in range(1 << 14)]
+_PREFIXES = [b"\x0a" + v for v in _VARINTS]
 
 
 def framed_size(encoded_record: bytes) -> int:

@@ -4,9 +4,10 @@
 delivery contract. `_link.py` is the one place that touches gmqtt's internals.
 """
 
+from bridge.backoff import backoff_delay
 from bridge.mqtt._errors import ConnectRefused, MqttError, SubscribeRefused
 from bridge.mqtt._model import BrokerAddress, Handler, Message, MqttSettings, parse_broker_url
-from bridge.mqtt._source import MqttSource, backoff_delay
+from bridge.mqtt._source import MqttSource
 
 __all__ = [
     "BrokerAddress",

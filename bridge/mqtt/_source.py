@@ -26,26 +26,19 @@ the session may still hold but nobody wants any more are unsubscribed.
 
 import asyncio
 import logging
-import math
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
+from bridge.backoff import backoff_delay
 from bridge.mqtt._errors import ConnectRefused, MqttError, SubscribeRefused
 from bridge.mqtt._filters import non_overlapping
 from bridge.mqtt._link import Link
 from bridge.mqtt._model import Handler, Message, MqttSettings
 
 log = logging.getLogger(__name__)
-
-
-def backoff_delay(attempt: int, low: float, high: float) -> float:
-    """Delay before retry number `attempt` (0-based): low * 2**attempt capped at high, times a
-    random factor in [0.5, 1] so that replicas restarted together do not reconnect in step."""
-    return min(high, math.ldexp(low, min(attempt, 32))) * random.uniform(0.5, 1.0)
 
 
 class MqttSource:

@@ -1,7 +1,6 @@
 """Reconnects after broker restarts, pausing without losing the session, TLS."""
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,18 +167,6 @@ async def test_tls_with_an_unknown_ca_does_not_connect(tls_broker: Mosquitto) ->
     async with MqttSource(settings, Collector()) as source:
         with pytest.raises(TimeoutError):
             await source.wait_connected(0.5)
-
-
-@pytest.fixture
-def password_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """Anonymous clients refused; user `bridge` with password `secret`."""
-    passwords = tmp_path / "passwords"
-    command = ["mosquitto_passwd", "-c", "-b", str(passwords), "bridge", "secret"]
-    subprocess.run(command, check=True, capture_output=True)
-    passwords.chmod(0o600)
-    config = f"allow_anonymous false\npassword_file {passwords}\n"
-    with Mosquitto(tmp_path / "broker", extra_config=config) as broker:
-        yield broker
 
 
 @pytest.mark.parametrize("protocol", [5, 4])

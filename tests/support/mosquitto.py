@@ -31,6 +31,8 @@ from types import TracebackType
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.support.net import free_port as free_port
+
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
@@ -41,14 +43,6 @@ def find_mosquitto() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise FileNotFoundError("mosquitto not found (apt-get install mosquitto)")
-
-
-def free_port() -> int:
-    """A port that was free a moment ago; Mosquitto binds it with SO_REUSEADDR right after."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def port_accepts(host: str, port: int) -> bool:

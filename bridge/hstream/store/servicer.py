@@ -29,6 +29,7 @@ from bridge.hstream._api import (
     pb,
 )
 from bridge.hstream.names import name_problem
+from bridge.hstream.records import varint
 from bridge.hstream.shards import split_key_space
 from bridge.hstream.store.batches import received_record, timestamp
 from bridge.hstream.store.engine import (
@@ -59,16 +60,7 @@ S = TypeVar("S", bound="StoreServicer")
 Handler = Callable[[S, Any, Context], Awaitable[Any]]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_INDEX_FIELDS = [b"\x18" + _varint(i) for i in range(1 << 14)]
+_INDEX_FIELDS = [b"\x18" + varint(i) for i in range(1 << 14)]
 
 
 def record_ids_response(stream: str, shard_id: int, batch_id: int, count: int) -> Any:
@@ -78,19 +70,19 @@ def record_ids_response(stream: str, shard_id: int, batch_id: int, count: int) -
     Every id is `tag, length, shardId+batchId fields, batchIndex field`; the first three parts
     are the same for all indexes of one varint width, so `bytes.join` lays the ids out in C.
     """
-    head = b"\x08" + _varint(shard_id) + b"\x10" + _varint(batch_id)
-    parts = [b"\x0a", _varint(len(name := stream.encode())), name, b"\x10", _varint(shard_id)]
+    head = b"\x08" + varint(shard_id) + b"\x10" + varint(batch_id)
+    parts = [b"\x0a", varint(len(name := stream.encode())), name, b"\x10", varint(shard_id)]
     width_start = 0
     for width_end in (0x80, 1 << 14):  # batchIndex fields of 2, then 3 bytes
         end = min(count, width_end)
         if end > width_start:
             fields = _INDEX_FIELDS[width_start:end]
-            sep = b"\x1a" + _varint(len(head) + len(fields[0])) + head
+            sep = b"\x1a" + varint(len(head) + len(fields[0])) + head
             parts += (sep, sep.join(fields))
         width_start = width_end
     for i in range(1 << 14, count):
-        body = b"\x18" + _varint(i)
-        parts.append(b"\x1a" + _varint(len(head) + len(body)) + head + body)
+        body = b"\x18" + varint(i)
+        parts.append(b"\x1a" + varint(len(head) + len(body)) + head + body)
     return pb.AppendResponse.FromString(b"".join(parts))
 
 
