@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from bridge.hstream.records import framed_size
 from bridge.hstream.shards import ShardMap
 
 
@@ -62,7 +63,8 @@ with tracemalloc (about 1,370 bytes per 200-byte message in all); charged to its
 class Item:
     """One encoded record on its way to a stream.
 
-    `size` is the encoded record (what batch limits count); `cost` is what holding it costs in
+    `size` is the encoded record as framed in an append (what batch limits count, and what the
+    store's record limit measures); `cost` is what holding it costs in
     memory (what the byte budget counts): the record, plus, for the first record made from a
     message, the message itself until it is acknowledged.
     """
@@ -80,7 +82,7 @@ class Item:
     ) -> None:
         self.data = data
         self.key = key
-        self.size = len(data)
+        self.size = framed_size(data)
         self.cost = self.size + RECORD_OVERHEAD + held
         self.delivery = delivery
         self.received_at = received_at
@@ -93,12 +95,13 @@ class Item:
 
 
 class Batch:
-    __slots__ = ("created", "items", "size")
+    __slots__ = ("created", "items", "size", "split")
 
-    def __init__(self, created: float) -> None:
+    def __init__(self, created: float, *, split: bool = False) -> None:
         self.items: list[Item] = []
         self.size = 0
         self.created = created
+        self.split = split  # a part of a batch that kept failing (see Sender._append)
 
 
 class ShardQueue:
@@ -235,11 +238,14 @@ class Accumulator:
         lets a busy shard keep up. Order is kept: records only move forward into earlier appends.
         """
         first = queue.ready[0]
+        if first.split:
+            return first  # a part of a failing batch goes alone, or splitting never ends
         max_records, max_bytes = self.batch_max_records, self.batch_max_bytes
         while len(queue.ready) > 1:
             following = queue.ready[1]
             if (
-                len(first.items) + len(following.items) > max_records
+                following.split
+                or len(first.items) + len(following.items) > max_records
                 or first.size + following.size > max_bytes
             ):
                 return first
@@ -329,6 +335,15 @@ class Accumulator:
                 del self.streams[name]
                 pruned.append(name)
         return pruned
+
+    def resize(self, item: Item, data: bytes) -> None:
+        """Replace a buffered record's bytes (a dead letter cut to fit), keeping the budget true."""
+        held = item.held
+        old_cost = item.cost
+        item.data = data
+        item.size = framed_size(data)
+        item.cost = item.size + RECORD_OVERHEAD + held
+        self.buffered_bytes += item.cost - old_cost
 
     # --- releasing ----------------------------------------------------------------------------
 

@@ -8,14 +8,17 @@ the size limit).
 """
 
 import logging
+import sys
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from bridge import deadletter
+from bridge.cache import ByteBudgetCache
 from bridge.hstream.records import (
     FLAG_JSON,
     FLAG_RAW,
     encode_header,
+    framed_size,
     json_object,
     struct_bytes,
     with_header,
@@ -58,18 +61,43 @@ def message_attributes(message: Message) -> dict[str, str]:
     return attributes
 
 
-HEADER_CACHE_SIZE = 65536
+# Bytes of the record header cache (keys, topics and encoded headers, counted with their object
+# overheads): up to about 20,000 topics of 30 characters (~420 B an entry), or 170 of 16 KiB
+# with the topic as the key (~48 KiB an entry).
+HEADER_CACHE_BYTES = 8 * 1024 * 1024
+
+_HeaderKey = tuple[int, str, str, int, bool]
+
+
+def _header_entry_size(cache_key: _HeaderKey, header: bytes) -> int:
+    """The bytes a header cache entry keeps alive: the tuple, key, topic and encoded header."""
+    _, key, topic, _, _ = cache_key
+    size = sys.getsizeof(cache_key) + sys.getsizeof(key) + sys.getsizeof(header)
+    if topic is not key:
+        size += sys.getsizeof(topic)
+    return size
 
 
 class Router:
-    def __init__(self, matcher: Matcher, *, dead_letter_stream: str, max_record_bytes: int) -> None:
+    def __init__(
+        self,
+        matcher: Matcher,
+        *,
+        dead_letter_stream: str,
+        max_record_bytes: int,
+        header_cache_bytes: int = HEADER_CACHE_BYTES,
+    ) -> None:
         self.matcher = matcher
         self.dead_letter_stream = dead_letter_stream
         self.max_record_bytes = max_record_bytes
         # A device publishes to the same topic with the same key again and again: its record
-        # header (flag, key, MQTT attributes) is encoded once and reused. Bounded; emptied when
-        # full. Messages with MQTT 5 user properties are encoded afresh.
-        self._headers: dict[tuple[int, str, str, int, bool], bytes] = {}
+        # header (flag, key, MQTT attributes) is encoded once and reused. Bounded in bytes (a
+        # topic can be 64 KiB long); the oldest entries go first. Messages with MQTT 5 user
+        # properties are encoded afresh.
+        self.header_cache: ByteBudgetCache[_HeaderKey, bytes] = ByteBudgetCache(
+            header_cache_bytes, _header_entry_size
+        )
+        self._headers = self.header_cache.data  # read directly: a hit is one dict lookup
 
     def _header(self, flag: int, key: str, message: Message) -> bytes:
         if message.user_properties:
@@ -77,10 +105,8 @@ class Router:
         cache_key = (flag, key, message.topic, message.qos, message.retain)
         header = self._headers.get(cache_key)
         if header is None:
-            if len(self._headers) >= HEADER_CACHE_SIZE:
-                self._headers.clear()
             header = encode_header(flag, key, message_attributes(message))
-            self._headers[cache_key] = header
+            self.header_cache.put(cache_key, header)
         return header
 
     def routes(self, topic: str) -> list[Route]:
@@ -114,6 +140,7 @@ class Router:
             attributes=attributes,
             stream=route.stream,
             error=_valid_text(error),
+            max_bytes=self.max_record_bytes,
         )
         return Output(self.dead_letter_stream, "", data, route.rule.id, reason, route.stream)
 
@@ -133,11 +160,13 @@ class Router:
             data = with_header(self._header(FLAG_JSON, route.key, message), struct)
         else:
             data = with_header(self._header(FLAG_RAW, route.key, message), message.payload)
-        if len(data) > self.max_record_bytes:
+        # Measured as the store measures it: framed in the batch payload of an append.
+        size = framed_size(data)
+        if size > self.max_record_bytes:
             return self._dead(
                 message,
                 route,
                 deadletter.REASON_RECORD_TOO_LARGE,
-                f"record is {len(data)} bytes, the limit is {self.max_record_bytes}",
+                f"record is {size} bytes in an append, the limit is {self.max_record_bytes}",
             )
         return Output(route.stream, route.key, data, route.rule.id)

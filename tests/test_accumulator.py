@@ -10,6 +10,7 @@ from bridge.accumulator import (
     ShardQueue,
     StreamState,
 )
+from bridge.hstream.records import framed_size
 from bridge.hstream.shards import ShardMap, ShardRange, split_key_space
 
 
@@ -119,7 +120,8 @@ async def test_pressure_reported_at_budget_and_cleared_at_low_water() -> None:
     rec = Recorder()
     items = [item(b"x" * 250) for _ in range(4)]
     cost = items[0].cost
-    assert cost == 250 + RECORD_OVERHEAD  # memory, not just the encoded record
+    # memory, not just the record as framed in an append (250 bytes + 3 of framing)
+    assert cost == framed_size(b"x" * 250) + RECORD_OVERHEAD == 253 + RECORD_OVERHEAD
     acc = rec.make(budget_bytes=4 * cost, batch_max_bytes=4 * cost)
     for it in items[:3]:
         acc.add("s", it)
@@ -136,7 +138,7 @@ async def test_pressure_reported_at_budget_and_cleared_at_low_water() -> None:
 
 async def test_a_held_message_is_charged_with_its_first_record() -> None:
     held = Item(b"r", "", None, 0.0, "rule", held=1000)
-    assert (held.size, held.cost) == (1, 1 + RECORD_OVERHEAD + 1000)
+    assert (held.size, held.cost) == (3, 3 + RECORD_OVERHEAD + 1000)  # 1 byte, framed
 
 
 async def test_reshard_keeps_per_key_order() -> None:

@@ -3,12 +3,13 @@
 import asyncio
 from collections.abc import Sequence
 
+import grpc
 import pytest
 
 from bridge.accumulator import Accumulator, Delivery, Item
 from bridge.hstream import errors
 from bridge.hstream._api import pb
-from bridge.hstream.records import Compression, RecordId, encode_raw
+from bridge.hstream.records import Compression, RecordId, encode_raw, framed_size
 from bridge.hstream.shards import ShardMap, ShardRange, split_key_space
 from bridge.sender import Sender, SenderConfig
 
@@ -25,6 +26,11 @@ class FakeTarget:
         self.max_inflight = 0
         self.appends = 0
         self.next_shard = 1
+        # Payloads whose record fails every append it is in (a poison record), and how.
+        self.poison: dict[bytes, BaseException] = {}
+        # Streams whose appends fail with this, every time (e.g. a refusing dead-letter stream).
+        self.refuse: dict[str, BaseException] = {}
+        self.record_limit: int | None = None  # refuse a batch payload over this (RecordTooLarge)
 
     def add_stream(self, name: str) -> None:
         self.streams[name] = {}
@@ -61,6 +67,15 @@ class FakeTarget:
             self.appends += 1
             if self.failures:
                 raise self.failures.pop(0)
+            if stream in self.refuse:
+                raise self.refuse[stream]
+            for data in encoded if stream != "bridge_dead_letter" else ():
+                record = pb.HStreamRecord()
+                record.ParseFromString(data)
+                if record.payload in self.poison:
+                    raise self.poison[record.payload]
+            if self.record_limit is not None and sum(map(framed_size, encoded)) > self.record_limit:
+                raise errors.RecordTooLarge("batch over the record limit")
             if stream not in self.streams or shard_id not in self.streams[stream]:
                 raise errors.StreamNotFound(f"stream {stream} not found")
             self.streams[stream][shard_id].extend(encoded)
@@ -263,4 +278,216 @@ async def test_unexpected_errors_are_retried_not_lost() -> None:
     assert target.payloads("s") == [b"7"]
     assert lookups == 2
     assert events.retries == 2
+    await sender.aclose()
+
+
+def letters(target: FakeTarget) -> list[pb.HStreamRecord]:
+    out = []
+    for shard in target.streams.get("bridge_dead_letter", {}).values():
+        for data in shard:
+            parsed = pb.HStreamRecord()
+            parsed.ParseFromString(data)
+            out.append(parsed)
+    return out
+
+
+async def test_a_refused_dead_letter_is_retried_never_settled() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    target.add_stream("bridge_dead_letter")
+    target.poison[b"1"] = errors.InvalidArgument("refused for good")
+    target.refuse["bridge_dead_letter"] = errors.InvalidArgument("the letter is refused too")
+    acc, sender, _ = make(target)
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("s", record(1, delivery=delivery))
+    assert not await sender.flush(0.3)
+    assert not delivery.done, "a message whose dead letter is not stored must not be acked"
+    assert sender.dead_letters_blocked is not None
+    assert acc.buffered_records == 1
+    del target.refuse["bridge_dead_letter"]  # the store takes it now
+    await asyncio.wait_for(delivery.wait(), 5)
+    assert [r.payload for r in letters(target)] == [b"1"]
+    assert sender.dead_letters_blocked is None
+    await sender.aclose()
+
+
+async def test_a_dead_letter_too_large_for_the_store_is_cut_until_it_fits() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    target.add_stream("bridge_dead_letter")
+    big = b"p" * 50_000
+    target.poison[big] = errors.InvalidArgument("refused")
+    target.record_limit = 20_000  # the store's limit is below the bridge's --max-record-bytes
+    acc, sender, _ = make(target)
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("s", Item(encode_raw(big), "", delivery, 0.0, "rule"))
+    await asyncio.wait_for(delivery.wait(), 5)
+    (letter,) = letters(target)
+    attributes = dict(letter.header.attributes)
+    assert attributes["truncated"] == "true"
+    assert attributes["original_size"] == str(len(big))
+    assert big.startswith(letter.payload)
+    assert 0 < len(letter.payload) <= 20_000
+    assert acc.buffered_bytes == 0
+    await sender.aclose()
+
+
+async def test_a_missing_dead_letter_stream_is_waited_for_when_streams_are_not_created() -> None:
+    target = FakeTarget()
+    acc, sender, _ = make(target, auto_create=False)
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("missing", record(3, delivery=delivery))
+    assert not await sender.flush(0.3)
+    assert not delivery.done
+    assert sender.dead_letters_blocked is not None
+    target.add_stream("bridge_dead_letter")  # an operator creates it
+    await asyncio.wait_for(delivery.wait(), 5)
+    assert [dict(r.header.attributes)["reason"] for r in letters(target)] == ["stream_not_found"]
+    await sender.aclose()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.InternalError("poison", code=0),
+        errors.from_status(grpc.StatusCode.UNKNOWN, "boom"),
+        errors.from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "too much"),
+        errors.InvalidArgument("refused"),
+    ],
+    ids=["internal", "unknown", "resource_exhausted", "invalid_argument"],
+)
+async def test_a_poison_record_is_split_out_to_dead_letters_and_the_rest_flows(
+    error: errors.HStreamError,
+) -> None:
+    target = FakeTarget(shards=1)
+    target.add_stream("s")
+    target.add_stream("other")
+    target.add_stream("bridge_dead_letter")
+    target.poison[b"5"] = error
+    acc, sender, _ = make(target, error_retries=2)
+    loop = asyncio.get_running_loop()
+    deliveries = [Delivery(1, loop) for _ in range(10)]
+    for n in range(10):
+        acc.add("s", record(n, key="k", delivery=deliveries[n]))
+    other = Delivery(1, loop)
+    acc.add("other", record(100, delivery=other))
+    await asyncio.wait_for(asyncio.gather(*(d.wait() for d in [*deliveries, other])), 10)
+    assert [int(p) for p in target.payloads("s")] == [0, 1, 2, 3, 4, 6, 7, 8, 9]  # in order
+    assert target.payloads("other") == [b"100"]
+    (letter,) = letters(target)
+    assert letter.payload == b"5"
+    expected = "rejected_by_hstreamdb" if not error.retriable else "append_failed"
+    assert dict(letter.header.attributes)["reason"] == expected
+    assert type(error).__name__ in dict(letter.header.attributes)["error"]
+    await sender.aclose()
+
+
+async def test_a_burst_of_internal_errors_is_retried_without_splitting() -> None:
+    target = FakeTarget(shards=1)
+    target.add_stream("s")
+    target.failures = [errors.InternalError("hiccup", code=0)] * 3
+    acc, sender, events = make(target, error_retries=5)
+    for n in range(10):
+        acc.add("s", record(n))
+    assert await sender.flush(5)
+    assert [int(p) for p in target.payloads("s")] == list(range(10))
+    assert events.retries == 3
+    assert events.dead == []
+    await sender.aclose()
+
+
+async def test_outages_are_waited_out_beyond_the_error_retries() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    target.failures = [errors.HStreamUnavailable("down")] * 30
+    acc, sender, events = make(target, error_retries=1)
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("s", record(1, delivery=delivery))
+    await asyncio.wait_for(delivery.wait(), 10)
+    assert target.payloads("s") == [b"1"]
+    assert events.dead == []
+    await sender.aclose()
+
+
+async def test_stream_exists_after_stream_not_found_backs_off() -> None:
+    target = FakeTarget()
+    lookups = 0
+
+    async def never_visible(stream: str) -> ShardMap:
+        nonlocal lookups
+        lookups += 1
+        raise errors.StreamNotFound("not visible yet")
+
+    async def exists(name: str, *, shard_count: int = 1, replication_factor: int = 1) -> object:
+        raise errors.StreamExists("exists")
+
+    target.shard_map = never_visible  # type: ignore[method-assign]
+    target.create_stream = exists  # type: ignore[method-assign]
+    acc, sender, _ = make(target)
+    acc.add("s", record(1))
+    await asyncio.sleep(0.3)
+    # backoff 1-10 ms: a spinning loop would look thousands of times in 0.3 s
+    assert 2 <= lookups <= 60
+    await sender.aclose()
+
+
+async def test_a_failing_metrics_call_neither_resends_nor_holds_back_a_batch() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    acc, sender, events = make(target)
+
+    def broken(stream: str, items: Sequence[Item], append_seconds: float) -> None:
+        raise RuntimeError("metrics broke")
+
+    events.stored = broken  # type: ignore[method-assign]
+    delivery = Delivery(1, asyncio.get_running_loop())
+    acc.add("s", record(1, delivery=delivery))
+    await asyncio.wait_for(delivery.wait(), 5)
+    assert await sender.flush(5)
+    assert target.payloads("s") == [b"1"]
+    assert target.appends == 1
+    await sender.aclose()
+
+
+async def test_streams_past_max_streams_go_to_dead_letters() -> None:
+    target = FakeTarget()
+    target.add_stream("bridge_dead_letter")
+    acc, sender, _ = make(target, max_streams=2)
+    for n in range(4):
+        acc.add(f"dev{n}", record(n))
+        assert await sender.flush(5)
+    assert target.created == ["dev0", "dev1"]
+    reasons = [dict(r.header.attributes)["reason"] for r in letters(target)]
+    assert reasons == ["stream_limit", "stream_limit"]
+    await sender.aclose()
+
+
+async def test_a_sender_task_that_dies_is_reported_as_fatal() -> None:
+    target = FakeTarget()
+    target.add_stream("s")
+    fatal: list[BaseException] = []
+    died = asyncio.Event()
+
+    def on_fatal(exc: BaseException) -> None:
+        fatal.append(exc)
+        died.set()
+
+    sender = Sender(target, SenderConfig(), Events(), on_fatal=on_fatal)
+    acc = Accumulator(
+        batch_max_records=10,
+        batch_max_bytes=100_000,
+        linger=0.001,
+        budget_bytes=1_000_000,
+        on_ready=sender.on_ready,
+        on_new_stream=sender.on_new_stream,
+    )
+    sender.bind(acc)
+
+    def broken(state: object, shard_map: ShardMap) -> None:
+        raise RuntimeError("set_shard_map broke")
+
+    acc.set_shard_map = broken  # type: ignore[assignment,method-assign]
+    acc.add("s", record(1))
+    await asyncio.wait_for(died.wait(), 5)
+    assert isinstance(fatal[0], RuntimeError)
     await sender.aclose()

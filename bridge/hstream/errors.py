@@ -4,6 +4,8 @@
     +-- HStreamUnavailable            node down, transient store fault, time-out   (retriable)
     |   +-- WrongServer (800)         the resource lives on another node          (retriable)
     +-- InternalError (0)             server bug or unknown failure               (retriable)
+    +-- ResourceExhausted             overload, or a message over a gRPC size limit (retriable)
+    +-- AccessDenied                  UNAUTHENTICATED or PERMISSION_DENIED (credentials)
     +-- NotFound
     |   +-- StreamNotFound (200)
     |   +-- SubscriptionNotFound (300)
@@ -63,6 +65,15 @@ class InternalError(HStreamError):
     retriable = True
     status = grpc.StatusCode.INTERNAL
     default_code = 0
+
+
+class ResourceExhausted(HStreamError):
+    retriable = True
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class AccessDenied(HStreamError):
+    status = grpc.StatusCode.UNAUTHENTICATED
 
 
 class NotFound(HStreamError):
@@ -157,7 +168,9 @@ _BY_STATUS: dict[grpc.StatusCode, type[HStreamError]] = {
     grpc.StatusCode.UNAVAILABLE: HStreamUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: HStreamUnavailable,
     grpc.StatusCode.ABORTED: HStreamUnavailable,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: HStreamUnavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: AccessDenied,
+    grpc.StatusCode.PERMISSION_DENIED: AccessDenied,
     grpc.StatusCode.INTERNAL: InternalError,
     grpc.StatusCode.UNKNOWN: InternalError,
     grpc.StatusCode.NOT_FOUND: NotFound,
