@@ -3,9 +3,16 @@
 Lifecycle (`async with Bridge(settings) as bridge: await bridge.run(stop)`):
 start the HTTP API (so /health answers at once), the embedded store when no HStreamDB URL is
 given, the HStreamDB client, then the MQTT session with the subscriptions the rules need. On stop:
-intake stops (the socket is no longer read), everything buffered is flushed within
-`shutdown_timeout`, the acknowledgements of stored messages go out, and the MQTT session is closed
-without a will, so the broker keeps it and redelivers whatever was not acknowledged.
+intake stops for good (the socket is no longer read, and a buffer draining below low water
+cannot resume it), everything buffered is flushed within `shutdown_timeout`, the
+acknowledgements of stored messages go out, and the MQTT session is closed without a will, so
+the broker keeps it and redelivers whatever was not acknowledged.
+
+Supervision: the pipeline's background tasks (the sender's appends and lookups, the MQTT
+connection supervisor, the idle-stream pruner) must not die quietly: a dead task holds records
+nobody sends and messages nobody acknowledges. Its death is fatal: /ready turns 503, the bridge
+drains what it can and `run` raises `PipelineFailed`, so the process exits non-zero and the
+orchestrator restarts it (the broker redelivers what was not acknowledged).
 """
 
 import asyncio
@@ -20,7 +27,8 @@ from typing import Any
 from bridge.accumulator import MESSAGE_OVERHEAD, Accumulator, Delivery, Item
 from bridge.api import RuleConflict, RuleMissing, is_loopback, parse_listen, serve_api
 from bridge.hstream.client import HStreamClient
-from bridge.hstream.errors import HStreamError
+from bridge.hstream.errors import HStreamError, StreamNotFound
+from bridge.hstream.errors import StreamExists as StreamExistsError
 from bridge.hstream.records import Compression
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt import Message, MqttError, MqttSettings, MqttSource
@@ -33,6 +41,14 @@ logger = logging.getLogger(__name__)
 
 RULES_FILE = "rules.json"
 STORE_DIR = "store"
+
+
+class PipelineFailed(Exception):
+    """A pipeline task died of an unexpected error; the process should exit non-zero."""
+
+
+class DeadLetterStreamMissing(ValueError):
+    """The dead-letter stream does not exist and may not be created (a configuration error)."""
 
 
 async def _cancel(task: "asyncio.Task[None]") -> None:
@@ -64,7 +80,7 @@ class _Events:
         self._m.observe_dead_letters(items, reason)
 
     def failed(self, stream: str, items: Sequence[Item], reason: str) -> None:
-        self._m.observe_failed(stream, items, reason)
+        self._m.observe_failed(stream, items, reason)  # pragma: no cover - nothing gives up
 
 
 class Bridge:
@@ -86,6 +102,9 @@ class Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hstream_ok = False
         self._hstream_checked = 0.0
+        self._stopping = False
+        self.failure: BaseException | None = None
+        self._failed = asyncio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -130,7 +149,9 @@ class Bridge:
 
             self.store = await self._stack.enter_async_context(
                 EmbeddedStore(
-                    self.data_dir / STORE_DIR, listen=settings.store_listen or "127.0.0.1:0"
+                    self.data_dir / STORE_DIR,
+                    listen=settings.store_listen or "127.0.0.1:0",
+                    max_record_bytes=settings.max_record_bytes,
                 )
             )
             hstream_url = self.store.url
@@ -145,6 +166,7 @@ class Bridge:
         self._stack.push_async_callback(client.close)
         try:
             await client.connect()
+            await self._check_dead_letter_stream(client)
         except HStreamError as exc:
             if not exc.retriable:
                 raise
@@ -163,8 +185,12 @@ class Bridge:
                 shard_count=settings.stream_shards,
                 replication_factor=settings.stream_replication,
                 dead_letter_stream=settings.dead_letter_stream,
+                max_record_bytes=settings.max_record_bytes,
+                error_retries=settings.append_error_retries,
+                max_streams=settings.max_streams,
             ),
             _Events(self.metrics, settings.dead_letter_stream),
+            on_fatal=self._fatal,
         )
         self._stack.push_async_callback(self.sender.aclose)
         self.accumulator = Accumulator(
@@ -178,10 +204,12 @@ class Bridge:
         )
         self.sender.bind(self.accumulator)
         pruner = asyncio.create_task(self._prune_idle_streams(), name="prune-idle-streams")
+        pruner.add_done_callback(self._task_done)
         self._stack.push_async_callback(_cancel, pruner)
         self.metrics.bind_gauges(self.accumulator, self.sender)
         source = MqttSource(self._mqtt_settings(), self._on_message)
         source.on_connection_change = self._on_connection_change  # before the first connect
+        source.on_failure = self._fatal
         self.source = await self._stack.enter_async_context(source)
         self.metrics.mqtt_connected.set(1 if source.connected else 0)
         try:
@@ -195,6 +223,42 @@ class Bridge:
             hstream_url,
             self.api_url,
         )
+
+    async def _check_dead_letter_stream(self, client: HStreamClient) -> None:
+        """Make sure the dead-letter stream exists, or can be made, before taking messages:
+        without it, a record that cannot be stored could never be acknowledged."""
+        name = self.settings.dead_letter_stream
+        try:
+            await client.shard_map(name)
+        except StreamNotFound:
+            if not self.settings.auto_create_streams:
+                raise DeadLetterStreamMissing(
+                    f"the dead-letter stream {name} does not exist and --auto-create-streams "
+                    f"is off: create it (hstream-bridge streams create {name}) or name another "
+                    "with --dead-letter-stream"
+                ) from None
+            with contextlib.suppress(StreamExistsError):
+                await client.create_stream(
+                    name,
+                    shard_count=1,
+                    replication_factor=self.settings.stream_replication,
+                )
+                logger.info("created the dead-letter stream %s", name, extra={"stream": name})
+
+    def _task_done(self, task: "asyncio.Task[None]") -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("pipeline task %s failed", task.get_name(), exc_info=exc)
+            self._fatal(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
+        """A pipeline task died: not ready any more, and `run` ends with PipelineFailed."""
+        if self.failure is None:
+            self.failure = exc
+            logger.critical("the pipeline failed (%r); stopping so that a restart recovers", exc)
+        self._failed.set()
 
     async def _prune_idle_streams(self) -> None:
         """Forget the state of streams that went quiet (rendered names are unbounded)."""
@@ -236,15 +300,28 @@ class Bridge:
         return rules
 
     async def run(self, stop: asyncio.Event) -> bool:
-        """Serve until `stop` is set, then drain; True when everything buffered was stored."""
-        await stop.wait()
-        return await self.drain()
+        """Serve until `stop` is set, then drain; True when everything buffered was stored.
+
+        Raises PipelineFailed (after draining what it can) when a pipeline task died.
+        """
+        stopped = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            failed.cancel()
+        flushed = await self.drain()
+        if self.failure is not None:
+            raise PipelineFailed(f"a pipeline task failed: {self.failure!r}") from self.failure
+        return flushed
 
     async def drain(self) -> bool:
         assert self.source is not None
         assert self.sender is not None
-        logger.info("stopping: intake paused, flushing buffered records")
-        self.source.pause()
+        logger.info("stopping: intake stopped, flushing buffered records")
+        self._stopping = True
+        self.source.stop_intake()
         flushed = await self.sender.flush(self.settings.shutdown_timeout)
         await self.source.flush_acks()
         if not flushed:
@@ -296,6 +373,8 @@ class Bridge:
 
     def _on_pressure(self, full: bool) -> None:
         assert self.source is not None
+        if self._stopping:
+            return  # intake stays stopped, whatever the buffer does
         if full and self.settings.qos0_overflow == "drop" and self._qos0_only():
             # Nothing here needs an acknowledgement: keep reading and drop (and count) QoS 0
             # messages until the buffer drains, instead of leaving them to the broker's queue.
@@ -320,7 +399,18 @@ class Bridge:
         """Which dependency is not ready: MQTT connected and HStreamDB answering."""
         mqtt = self.source is not None and self.source.connected
         hstream = await self._hstream_reachable()
-        return {"ready": mqtt and hstream, "mqtt": mqtt, "hstream": hstream}
+        blocked = self.sender.dead_letters_blocked if self.sender is not None else None
+        body: dict[str, Any] = {
+            "ready": mqtt and hstream and blocked is None and self.failure is None,
+            "mqtt": mqtt,
+            "hstream": hstream,
+            "dead_letters": blocked is None,
+        }
+        if blocked is not None:
+            body["dead_letters_error"] = blocked
+        if self.failure is not None:
+            body["failed"] = repr(self.failure)
+        return body
 
     async def _hstream_reachable(self) -> bool:
         if self.client is None:

@@ -76,13 +76,30 @@ class Settings(BaseSettings):
         "hold back; intake pauses when it is spent",
     )
     max_record_bytes: int = Field(
-        1 << 20, ge=1024, description="Records larger than this go to the dead-letter stream"
+        1 << 20,
+        ge=1024,
+        description="HStreamDB's record limit (max-record-size; also the embedded store's): "
+        "records larger than this, as framed in an append, go to the dead-letter stream, and "
+        "dead letters are cut to fit it",
     )
     compression: Literal["none", "gzip", "zstd"] = Field("none", description="Append compression")
     append_timeout: float = Field(30.0, gt=0, description="Seconds one append may take")
     retry_backoff_min: float = Field(0.1, gt=0, description="First retry delay, seconds")
     retry_backoff_max: float = Field(5.0, gt=0, description="Longest retry delay, seconds")
+    append_error_retries: int = Field(
+        5,
+        ge=0,
+        description="Retries of an append that fails with an error other than an outage "
+        "(INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED) before the batch is split and a record that "
+        "still fails goes to the dead-letter stream; outages are retried for ever",
+    )
     auto_create_streams: bool = Field(True, description="Create missing streams on first use")
+    max_streams: int = Field(
+        10000,
+        ge=1,
+        description="Streams the bridge may create while it runs; records for further missing "
+        "streams go to the dead-letter stream (reason stream_limit)",
+    )
     stream_shards: int = Field(1, ge=1, description="Shard count of streams the bridge creates")
     stream_replication: int = Field(
         1, ge=1, description="Replication factor of streams the bridge creates"
@@ -121,6 +138,12 @@ class Settings(BaseSettings):
             raise ValueError("retry_backoff_max must not be below retry_backoff_min")
         if self.buffer_bytes < self.batch_max_bytes:
             raise ValueError("buffer_bytes must hold at least one batch (batch_max_bytes)")
+        if self.batch_max_bytes > self.max_record_bytes:
+            raise ValueError(
+                f"batch_max_bytes ({self.batch_max_bytes}) is over max_record_bytes "
+                f"({self.max_record_bytes}): HStreamDB refuses an append whose batch is larger "
+                "than its record limit"
+            )
         return self
 
     @classmethod

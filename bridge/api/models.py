@@ -67,9 +67,18 @@ class Readiness(BaseModel):
     ready: bool
     mqtt: bool = Field(description="the MQTT session is connected")
     hstream: bool = Field(description="HStreamDB answered recently")
-    not_ready: list[Literal["mqtt", "hstream"]] = Field(
-        description="the dependencies that are not ready", examples=[["mqtt"]]
+    dead_letters: bool = Field(
+        True,
+        description="the dead-letter stream takes dead letters (false: one was refused for a "
+        "reason other than an outage; its message stays unacknowledged while it is retried)",
     )
+    pipeline: bool = Field(
+        True, description="no pipeline task has failed (false: the process is stopping)"
+    )
+    not_ready: list[Literal["mqtt", "hstream", "dead_letters", "pipeline"]] = Field(
+        description="what is not ready", examples=[["mqtt"]]
+    )
+    error: str | None = Field(None, description="why dead letters or the pipeline are not ready")
 
 
 def _utf8_problem(value: str) -> str | None:

@@ -92,6 +92,8 @@ class Link:
         handler._reconnect_callback = _no_reconnect
         handler._handle_qos_1_publish_packet = self._on_qos1
         handler._handle_qos_2_publish_packet = self._on_qos2
+        self._gmqtt_pubrel = handler._handle_pubrel_packet
+        handler._handle_pubrel_packet = self._on_pubrel
         client.on_message = self._on_qos0
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -109,6 +111,13 @@ class Link:
         self._paused = False
         self._resumed_at = 0.0
         self._keepalive_task: asyncio.Task[None] | None = None
+        # Packet ids of this connection's QoS 1/2 PUBLISHes handed over and not acknowledged
+        # yet, and of QoS 2 ones acknowledged with PUBREC and not released yet. A PUBLISH that
+        # comes again with one of these ids (a broker re-sending on a live connection, as EMQX
+        # does with retry_interval) is the same message: it is not handed over a second time.
+        self._unacked: set[int] = set()
+        self._received: set[int] = set()
+        self.duplicates = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -255,18 +264,46 @@ class Link:
         self._on_publish(self, None, 0, topic, payload, props)
 
     def _on_qos1(self, mid: int, payload: bytes, topic: str, props: Mapping[str, Any]) -> None:
+        if self._is_duplicate(mid, topic):
+            return
+        self._unacked.add(mid)
         self._on_publish(self, mid, 1, topic, payload, props)
 
     def _on_qos2(self, mid: int, payload: bytes, topic: str, props: Mapping[str, Any]) -> None:
+        if mid in self._received:  # PUBREC was lost or is late: send it again, deliver nothing
+            self.duplicates += 1
+            self._write_ack(_PUBREC, mid)
+            return
+        if self._is_duplicate(mid, topic):
+            return
+        self._unacked.add(mid)
         self._on_publish(self, mid, 2, topic, payload, props)
+
+    def _is_duplicate(self, mid: int, topic: str) -> bool:
+        if mid not in self._unacked:
+            return False
+        self.duplicates += 1
+        log.debug("PUBLISH %d on %r came again while in flight; handed over once", mid, topic)
+        return True
+
+    def _on_pubrel(self, cmd: int, packet: bytes) -> None:
+        if len(packet) >= 2:
+            self._received.discard(int.from_bytes(packet[:2], "big"))
+        self._gmqtt_pubrel(cmd, packet)
 
     def ack(self, mid: int, qos: int) -> None:
         """PUBACK (QoS 1) or PUBREC (QoS 2), written with the others of this loop iteration.
 
         Dropped when the connection is gone: the broker redelivers on the next one."""
-        if self._lost:
-            return
-        self._acks += _PUBACK if qos == 1 else _PUBREC
+        if self._lost or mid not in self._unacked:
+            return  # gone with its connection, or acknowledged already
+        self._unacked.discard(mid)
+        if qos == 2:
+            self._received.add(mid)
+        self._write_ack(_PUBACK if qos == 1 else _PUBREC, mid)
+
+    def _write_ack(self, kind: bytes, mid: int) -> None:
+        self._acks += kind
         self._acks += mid.to_bytes(2, "big")
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)

@@ -21,10 +21,16 @@ _filters.py), because brokers send one copy per matching subscription.
 
 Reconnecting: capped exponential backoff with jitter; after every (re)connect all wanted
 subscriptions are sent again (cheap, and needed when the broker lost the session), and filters
-the session may still hold but nobody wants any more are unsubscribed.
+the session may still hold but nobody wants any more are unsubscribed. On a live connection a
+subscription counts only once its SUBACK confirmed it: one whose SUBACK never came (or that the
+broker refused) is sent again, with backoff, until the broker confirms it.
+
+Stopping: `stop_intake()` pauses for good. Pressure easing (`resume()`) cannot undo it, so a
+shutdown that drains the pipeline never reads new messages it could not store.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -51,6 +57,9 @@ class MqttSource:
         self._prefix = f"$share/{settings.shared_group}/" if settings.shared_group else ""
         self._wanted: dict[str, int] = {}  # filter (without $share prefix) -> qos, as asked
         self._session: set[str] = set()  # filters the broker's session may hold (non-overlapping)
+        self._confirmed: dict[str, int] = {}  # filters a SUBACK granted on the current link
+        self._resubscriber: asyncio.Task[None] | None = None
+        self._intake_stopped = False
         self._subscription_lock = asyncio.Lock()
         self._link: Link | None = None  # the connection that is up, subscribed and current
         self._up = asyncio.Event()  # set while _link is
@@ -63,6 +72,9 @@ class MqttSource:
         self._closing = False
         self.reconnects = 0
         self.on_connection_change: Callable[[bool], None] | None = None
+        # Called when the connection supervisor dies of an unexpected error (a bug): nothing
+        # would read or reconnect any more, so the owner should stop the process.
+        self.on_failure: Callable[[BaseException], None] | None = None
 
     # --- public surface -----------------------------------------------------------------------
 
@@ -91,6 +103,7 @@ class MqttSource:
         loop = asyncio.get_running_loop()
         self._first_attempt = loop.create_future()
         self._runner = asyncio.create_task(self._run(), name="mqtt-source")
+        self._runner.add_done_callback(self._runner_done)
         try:
             await asyncio.shield(self._first_attempt)
         except BaseException:
@@ -121,19 +134,57 @@ class MqttSource:
             if qos not in (0, 1, 2) or not topic:
                 raise ValueError(f"bad subscription {topic!r}: qos {qos}")
         async with self._subscription_lock:
-            old = non_overlapping(self._wanted)
             self._wanted = dict(filters)
-            new = non_overlapping(self._wanted)
             link = self._link
             if link is None or link.lost:
                 return
-            added = {t: q for t, q in new.items() if old.get(t) != q}
-            removed = [t for t in old if t not in new]
             try:
-                await self._apply(link, added, removed)
+                await self._sync(link)
             except (ConnectionError, TimeoutError) as exc:
-                problem = f"subscriptions not confirmed, retried on reconnect: {exc}"
+                self._retry_subscriptions(link)
+                problem = f"subscriptions not confirmed yet, sent again until they are: {exc!r}"
                 raise MqttError(problem) from exc
+            except SubscribeRefused:
+                self._retry_subscriptions(link)
+                raise
+
+    @property
+    def unconfirmed(self) -> dict[str, int]:
+        """Wanted filters (as subscribed: non-overlapping) the broker has not confirmed yet."""
+        wanted = non_overlapping(self._wanted)
+        return {t: q for t, q in wanted.items() if self._confirmed.get(t) != q}
+
+    async def _sync(self, link: Link, *, tolerate_refusals: bool = False) -> None:
+        """Subscribe what is wanted and not confirmed, unsubscribe what is no longer wanted."""
+        wanted = non_overlapping(self._wanted)
+        added = {t: q for t, q in wanted.items() if self._confirmed.get(t) != q}
+        removed = [t for t in self._session if t not in wanted]
+        await self._apply(link, added, removed, tolerate_refusals=tolerate_refusals)
+
+    def _retry_subscriptions(self, link: Link) -> None:
+        """Send unconfirmed subscriptions again, with backoff, while `link` is current."""
+        if self._resubscriber is not None and not self._resubscriber.done():
+            return
+        self._resubscriber = asyncio.create_task(self._resubscribe(link), name="mqtt-resubscribe")
+
+    async def _resubscribe(self, link: Link) -> None:
+        attempt = 0
+        while not self._closing and link is self._link and not link.lost:
+            if not self.unconfirmed:
+                return
+            await asyncio.sleep(
+                backoff_delay(attempt, self.settings.reconnect_min, self.settings.reconnect_max)
+            )
+            attempt += 1
+            async with self._subscription_lock:
+                if link is not self._link or link.lost or not self.unconfirmed:
+                    return
+                try:
+                    await self._sync(link, tolerate_refusals=True)
+                except (ConnectionError, TimeoutError) as exc:
+                    log.warning("subscriptions still not confirmed: %r; sending again", exc)
+            if not self.unconfirmed:
+                log.info("subscriptions confirmed by the broker")
 
     async def flush_acks(self, timeout: float = 5.0) -> None:
         """Send the acks of every handler awaitable that has completed and wait (at most
@@ -153,9 +204,15 @@ class MqttSource:
         if self._link is not None:
             self._link.pause()
 
+    def stop_intake(self) -> None:
+        """Pause for good: `resume()` no longer reads (shutdown)."""
+        self._intake_stopped = True
+        self.pause()
+
     def resume(self) -> None:
-        """Hand over what was read before the pause, then read the socket again."""
-        if not self._paused:
+        """Hand over what was read before the pause, then read the socket again (not after
+        `stop_intake()`)."""
+        if not self._paused or self._intake_stopped:
             return
         self._paused = False
         if self._held:
@@ -214,15 +271,16 @@ class MqttSource:
         async with self._subscription_lock:
             if not link.session_present:
                 self._session.clear()
-            wanted = non_overlapping(self._wanted)
-            removed = [t for t in self._session if t not in wanted]
-            await self._apply(link, wanted, removed, tolerate_refusals=True)
+            self._confirmed = {}  # a new connection: everything wanted is sent again
+            await self._sync(link, tolerate_refusals=True)
             if link.lost:
                 raise ConnectionError("MQTT connection lost while subscribing")
             self._link = link
             self._up.set()
             if self._paused:
                 link.pause()
+            if self.unconfirmed:
+                self._retry_subscriptions(link)
 
     async def _apply(
         self,
@@ -239,9 +297,16 @@ class MqttSource:
             self._session.update(added)
             refused = await link.subscribe({self._prefix + t: q for t, q in added.items()})
             refused = {t.removeprefix(self._prefix): c for t, c in refused.items()}
+            for topic, qos in added.items():
+                if topic in refused:
+                    self._confirmed.pop(topic, None)
+                else:
+                    self._confirmed[topic] = qos
         if removed:
             await link.unsubscribe([self._prefix + t for t in removed])
             self._session.difference_update(removed)
+            for topic in removed:
+                self._confirmed.pop(topic, None)
         if refused:
             if not tolerate_refusals:
                 raise SubscribeRefused(refused)
@@ -254,6 +319,17 @@ class MqttSource:
         if self._held:
             # Those messages will come again on the next connection; their acks could not leave.
             self._held = deque(item for item in self._held if not item[0].lost)
+
+    def _runner_done(self, task: "asyncio.Task[None]") -> None:
+        if task.cancelled() or self._closing:
+            return
+        exc = task.exception()
+        if exc is None or isinstance(exc, ConnectRefused):
+            return  # a refusal at the first attempt is raised from __aenter__
+        log.error("the MQTT connection supervisor failed", exc_info=exc)
+        self._settle_first(exc)
+        if self.on_failure is not None:
+            self.on_failure(exc)
 
     def _settle_first(self, exc: BaseException | None) -> None:
         future = self._first_attempt
@@ -274,6 +350,11 @@ class MqttSource:
 
     async def _stop(self) -> None:
         self._closing = True
+        resubscriber, self._resubscriber = self._resubscriber, None
+        if resubscriber is not None:
+            resubscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await resubscriber
         runner, self._runner = self._runner, None
         if runner is not None:
             runner.cancel()

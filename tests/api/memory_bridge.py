@@ -48,6 +48,7 @@ class MemoryBridge:
         self.readiness_error: Exception | None = None
         self.readiness_gate: asyncio.Event | None = None  # readiness() waits for it when set
         self.readiness_entered = asyncio.Event()
+        self.extra_readiness: dict[str, Any] = {}  # merged into readiness(), as the bridge says
         self.save_error: OSError | None = None
         self.subscribe_error: MqttError | None = None  # raised after the change, like MqttSource
         self._lock = asyncio.Lock()
@@ -92,9 +93,10 @@ class MemoryBridge:
         if self.readiness_error is not None:
             raise self.readiness_error
         return {
-            "ready": self.mqtt_ready and self.hstream_ready,
+            "ready": self.mqtt_ready and self.hstream_ready and not self.extra_readiness,
             "mqtt": self.mqtt_ready,
             "hstream": self.hstream_ready,
+            **self.extra_readiness,
         }
 
     def dry_run(

@@ -18,7 +18,15 @@ async def test_health_is_ok_even_when_nothing_is_ready(
 async def test_ready_is_200_when_both_dependencies_are(client: httpx.AsyncClient) -> None:
     response = await client.get("/ready")
     assert response.status_code == 200
-    assert response.json() == {"ready": True, "mqtt": True, "hstream": True, "not_ready": []}
+    assert response.json() == {
+        "ready": True,
+        "mqtt": True,
+        "hstream": True,
+        "dead_letters": True,
+        "pipeline": True,
+        "not_ready": [],
+        "error": None,
+    }
 
 
 async def test_ready_is_503_and_names_the_dependency_that_is_not(
@@ -31,12 +39,29 @@ async def test_ready_is_503_and_names_the_dependency_that_is_not(
         "ready": False,
         "mqtt": False,
         "hstream": True,
+        "dead_letters": True,
+        "pipeline": True,
         "not_ready": ["mqtt"],
+        "error": None,
     }
     bridge.mqtt_ready, bridge.hstream_ready = True, False
     response = await client.get("/ready")
     assert response.status_code == 503
     assert response.json()["not_ready"] == ["hstream"]
+
+
+async def test_ready_is_503_while_dead_letters_are_refused_or_a_task_failed(
+    client: httpx.AsyncClient, bridge: MemoryBridge
+) -> None:
+    bridge.extra_readiness = {"dead_letters": False, "dead_letters_error": "InvalidArgument: no"}
+    response = await client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["not_ready"] == ["dead_letters"]
+    assert response.json()["error"] == "InvalidArgument: no"
+    bridge.extra_readiness = {"failed": "RuntimeError('boom')"}
+    response = await client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["not_ready"] == ["pipeline"]
 
 
 async def test_a_failing_readiness_check_is_503_not_500(

@@ -1,4 +1,5 @@
-"""`/health` (the process answers) and `/ready` (MQTT connected and HStreamDB reachable).
+"""`/health` (the process answers) and `/ready` (MQTT connected, HStreamDB reachable, dead
+letters stored, no pipeline task failed).
 
 Both are open even when a token is configured: orchestrators probe them without credentials,
 and they reveal nothing but up/down.
@@ -54,13 +55,28 @@ async def ready(bridge: BridgeDep) -> JSONResponse:
         state = {}
     mqtt = state.get("mqtt") is True
     hstream = state.get("hstream") is True
-    is_ready = state.get("ready") is True and mqtt and hstream
-    not_ready: list[Literal["mqtt", "hstream"]] = []
+    dead_letters = state.get("dead_letters", True) is True
+    pipeline = "failed" not in state
+    is_ready = state.get("ready") is True and mqtt and hstream and dead_letters and pipeline
+    not_ready: list[Literal["mqtt", "hstream", "dead_letters", "pipeline"]] = []
     if not mqtt:
         not_ready.append("mqtt")
     if not hstream:
         not_ready.append("hstream")
-    body = Readiness(ready=is_ready, mqtt=mqtt, hstream=hstream, not_ready=not_ready)
+    if not dead_letters:
+        not_ready.append("dead_letters")
+    if not pipeline:
+        not_ready.append("pipeline")
+    error = state.get("failed") or state.get("dead_letters_error")
+    body = Readiness(
+        ready=is_ready,
+        mqtt=mqtt,
+        hstream=hstream,
+        dead_letters=dead_letters,
+        pipeline=pipeline,
+        not_ready=not_ready,
+        error=str(error) if error else None,
+    )
     return JSONResponse(
         body.model_dump(mode="json"),
         status_code=status.HTTP_200_OK if is_ready else status.HTTP_503_SERVICE_UNAVAILABLE,
