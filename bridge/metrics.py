@@ -30,7 +30,9 @@ Families (all prefixed `hstream_bridge_`; counters get `_total` on the wire):
 Labels are bounded on purpose: a rule id, a stream name, a reason or an error code from a fixed
 set in the code, never an MQTT topic, a client id or an exception text. One caveat: `stream` is as
 bounded as the rules make it; a stream template over a per-device capture gives one series per
-device.
+device. So the series of a stream the bridge forgets (idle for `--stream-idle-timeout`) go with
+it (`forget_stream`): its counters start again from 0 if it comes back, which `rate()` and
+`increase()` read as a counter reset.
 
 Hot paths (the bridge aims at 25,000 msg/s): increment once per batch with `inc(n)`, not once
 per record; the `observe_*` helpers below do that. `family.labels(...)` costs about 1.0-1.4 us
@@ -166,6 +168,8 @@ class BridgeMetrics:
     def __init__(self, *, version: str | None = None, process: bool = True) -> None:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+        # The children `child()` made per stream label value, for `forget_stream`.
+        self._stream_children: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
         # Per-message counts are plain ints (no lock, no label lookup) until a scrape: the
         # first collector of the registry moves them into the counters before the others run.
         self._received = [0, 0, 0]
@@ -305,6 +309,12 @@ class BridgeMetrics:
         )
         self.build_info = Info(f"{PREFIX}_build", "Bridge build information.", registry=r)
         self.build_info.info({"version": version or _package_version()})
+        # Where the `stream` label sits in the labels of each family that has one.
+        self._stream_label: dict[int, tuple[MetricWrapperBase, int]] = {
+            id(family): (family, family._labelnames.index("stream"))
+            for family in vars(self).values()
+            if isinstance(family, MetricWrapperBase) and "stream" in family._labelnames
+        }
 
         if process:
             ProcessCollector(registry=r)
@@ -341,7 +351,21 @@ class BridgeMetrics:
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = family.labels(*values)
+            labelled = self._stream_label.get(key[0])
+            if labelled is not None:
+                self._stream_children.setdefault(values[labelled[1]], []).append(key)
         return found  # type: ignore[return-value]  # the cache keys each family by its id
+
+    def forget_stream(self, stream: str) -> None:
+        """Remove every series labelled with `stream` (the bridge forgot the stream: idle).
+
+        Costs the stream's own series, not a scan of all. Only children made by `child()` are
+        known here; every helper of this class makes them that way.
+        """
+        for key in self._stream_children.pop(stream, ()):
+            del self._children[key]
+            family, _ = self._stream_label[key[0]]
+            family.remove(*key[1])
 
     # --- helpers for the pipeline (each called once per message or once per batch) ------------
 

@@ -268,8 +268,9 @@ class Bridge:
             assert self.accumulator is not None
             assert self.client is not None
             pruned = self.accumulator.prune_idle(idle_for)
-            for stream in pruned:
+            for stream in pruned:  # every per-stream thing goes together
                 self.client.invalidate(stream)
+                self.metrics.forget_stream(stream)
             if pruned:
                 logger.debug("forgot %d idle streams", len(pruned))
 

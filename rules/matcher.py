@@ -10,9 +10,11 @@ not on the number of rules.
 `route(topic)` renders every match's stream name and key. It is a pure function of the topic,
 so results are memoised in a bounded cache: IoT topics repeat (one per device and measurement),
 and a cache hit costs a dict lookup. The cache holds at most `cache_size` topics of at most
-512 characters and is emptied when full.
+512 characters, and at most `_ROUTE_CACHE_BYTES` of memory (topics, rendered names and keys,
+with object overheads, estimated); it is emptied when either is reached.
 """
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
@@ -25,6 +27,18 @@ __all__ = ["Match", "Matcher", "Route"]
 
 _ROUTE_CACHE_SIZE: Final = 65536
 _CACHED_TOPIC_LENGTH: Final = 512  # longer topics are routed each time: they would bloat the cache
+_ROUTE_CACHE_BYTES: Final = 8 * 1024 * 1024
+_ENTRY_OVERHEAD: Final = 160  # the dict slot and the tuple (measured ~100-150 B)
+_ROUTE_OVERHEAD: Final = 80  # a Route object (slots)
+
+
+def _entry_bytes(topic: str, routes: tuple["Route", ...]) -> int:
+    size = sys.getsizeof(topic) + _ENTRY_OVERHEAD
+    for route in routes:
+        size += _ROUTE_OVERHEAD + sys.getsizeof(route.key)
+        if route.stream is not None:
+            size += sys.getsizeof(route.stream)
+    return size
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +121,7 @@ class Matcher:
         self._root = _Node()
         self._cache: dict[str, tuple[Route, ...]] = {}
         self._cache_size = cache_size
+        self._cache_bytes = 0
         for position, rule in enumerate(self._rules):
             if rule.enabled:
                 self._add(_Target(position, rule))
@@ -193,9 +208,15 @@ class Matcher:
         if routes is None:
             routes = self._route(topic)
             if self._cache_size and len(topic) <= _CACHED_TOPIC_LENGTH:
-                if len(self._cache) >= self._cache_size:
+                size = _entry_bytes(topic, routes)
+                if (
+                    len(self._cache) >= self._cache_size
+                    or self._cache_bytes + size > _ROUTE_CACHE_BYTES
+                ):
                     self._cache.clear()
+                    self._cache_bytes = 0
                 self._cache[topic] = routes
+                self._cache_bytes += size
         return list(routes)
 
     def _route(self, topic: str) -> tuple[Route, ...]:

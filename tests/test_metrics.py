@@ -221,3 +221,56 @@ def test_cached_child_inc_is_cheaper_than_labels_inc() -> None:
     slow = min(timeit.repeat(with_labels, number=n, repeat=5))
     fast = min(timeit.repeat(cached, number=n, repeat=5))
     assert fast < 0.8 * slow, (fast / n, slow / n)
+
+
+def stream_series(m: BridgeMetrics) -> dict[str, set[tuple[str, tuple[tuple[str, str], ...]]]]:
+    """Per `stream` label value: the (sample name, labels) in the scrape text."""
+    found: dict[str, set[tuple[str, tuple[tuple[str, str], ...]]]] = {}
+    for family in text_string_to_metric_families(m.render()[0].decode()):
+        for sample in family.samples:
+            if "stream" in sample.labels:
+                labels = tuple(sorted(sample.labels.items()))
+                found.setdefault(sample.labels["stream"], set()).add((sample.name, labels))
+    return found
+
+
+def test_forget_stream_removes_its_series_and_keeps_the_others() -> None:
+    m = BridgeMetrics(process=False)
+    for stream in ("dev_1", "dev_2", "temps"):
+        m.observe_stored(stream, [FakeItem("a", 0.0, 1), FakeItem("b", 0.0, 1)], 0.01, 0.02)
+        m.observe_failed(stream, [FakeItem("a", 0.0, 1)], "rejected")
+        m.observe_retry(stream, WrongServer("moved"))
+    before = stream_series(m)
+    assert set(before) == {"dev_1", "dev_2", "temps"}
+    # success for two rules, failed once, retried once: _total and _created of each.
+    assert len(before["dev_1"]) == 8
+
+    m.forget_stream("dev_1")
+    m.forget_stream("dev_1")  # twice, or a stream never seen: nothing happens
+    m.forget_stream("never_seen")
+    after = stream_series(m)
+    assert set(after) == {"dev_2", "temps"}
+    assert after == {name: before[name] for name in ("dev_2", "temps")}
+    assert value(m, "hstream_bridge_records_success_total", rule="a", stream="temps") == 1
+    assert value(m, "hstream_bridge_hstream_errors_total", code="800") == 3  # not per stream
+
+    # A forgotten stream that comes back counts again from 0 (a counter reset to Prometheus).
+    m.observe_stored("dev_1", [FakeItem("a", 0.0, 1)], 0.01, 0.02)
+    assert value(m, "hstream_bridge_records_success_total", rule="a", stream="dev_1") == 1
+    assert value(m, "hstream_bridge_records_success_total", rule="b", stream="dev_1") == 0
+
+
+def test_forgetting_idle_streams_bounds_the_scrape() -> None:
+    m = BridgeMetrics(process=False)
+    empty = len(m.render()[0])
+    streams = [f"device_{n}" for n in range(2000)]
+    for stream in streams:
+        m.observe_stored(stream, [FakeItem("a", 0.0, 1)], 0.01, 0.02)
+    assert len(m.render()[0]) > empty + 2000 * 150  # two lines (_total, _created) per stream
+    for stream in streams:
+        m.forget_stream(stream)
+    body = m.render()[0]
+    assert b"device_" not in body
+    assert len(body) < empty + 1000  # histogram and matched values changed, nothing else
+    assert m._stream_children == {}
+    assert not any(key[0] == id(m.records_success) for key in m._children)

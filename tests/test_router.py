@@ -1,11 +1,12 @@
 """The router alone: records, attributes and dead letters made from one message."""
 
 import time
+import tracemalloc
 from typing import Any
 
 from bridge.hstream._api import FLAG_JSON, FLAG_RAW, pb
 from bridge.mqtt import Message
-from bridge.router import Router
+from bridge.router import HEADER_CACHE_BYTES, Router
 from rules import Matcher, Rule
 
 
@@ -63,3 +64,48 @@ def test_oversized_record_and_unencodable_text_become_dead_letters() -> None:
     (out,) = r.outputs(bad, r.routes("big/y"))
     assert (out.stream, out.reason) == ("dlq", "encode_error")
     assert decode(out.data).payload == b"payload"
+
+
+def test_header_cache_is_bounded_in_bytes_for_long_topics() -> None:
+    # 10,000 distinct 16 KiB topics used as keys too: a count-bounded cache (65,536 entries)
+    # would keep every one, about 48 KiB each (key, topic, header): 480 MB.
+    r = Router(
+        Matcher([Rule(id="big", topic="big/#", stream="big", key="${topic}")]),
+        dead_letter_stream="dlq",
+        max_record_bytes=1 << 20,
+    )
+    budget = r.header_cache.budget
+    assert budget == HEADER_CACHE_BYTES == 8 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for n in range(10_000):
+            topic = f"big/{n:08}/" + "t" * 16_000
+            (out,) = r.outputs(message(topic, b"1"), r.routes(topic))
+            assert out.reason is None
+            assert r.header_cache.used <= budget
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # An entry is accounted at ~48 KiB: the topic (also the key: one string) and the header.
+    assert 60 <= len(r.header_cache) <= budget // (48 * 1024)
+    # What Python really holds matches the accounting: the cache and a few messages in flight.
+    assert after - before <= budget + 512 * 1024, (after - before, r.header_cache.used)
+    assert peak - before <= budget + 1024 * 1024
+    assert r.header_cache.used == sum(r.header_cache.cost(k, v) for k, v in r._headers.items())
+    # The newest topic is still a hit: the same header object comes back.
+    topic = f"big/{9_999:08}/" + "t" * 16_000
+    key = (FLAG_RAW, topic, topic, 1, False)
+    assert key in r._headers
+    assert r._header(FLAG_RAW, topic, message(topic, b"2")) is r._headers[key]
+
+
+def test_header_cache_hit_stays_a_dict_lookup() -> None:
+    r = router(Rule(id="k", topic="k/{dev}", stream="k", key="${dev}"))
+    msg = message("k/a", b"1")
+    header = r._header(FLAG_RAW, "a", msg)
+    used = r.header_cache.used
+    for _ in range(10):
+        assert r._header(FLAG_RAW, "a", msg) is header
+    assert r.header_cache.used == used
+    assert len(r.header_cache) == 1

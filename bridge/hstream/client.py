@@ -77,7 +77,9 @@ class HStreamClient:
         self._current = self._seeds[0]
         self._nodes: list[ServerNode] = []
         self._shard_maps: dict[str, ShardMap] = {}
-        self._shard_targets: dict[tuple[str, int], str] = {}
+        # Per stream, so that forgetting an idle stream costs its own entries, not a scan of all:
+        # the bridge prunes thousands of rendered stream names at a time.
+        self._shard_targets: dict[str, dict[int, str]] = {}
         self._stream_fields: dict[str, bytes] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -227,8 +229,7 @@ class HStreamClient:
         """Forget what is cached about a stream's shards and their nodes."""
         self._shard_maps.pop(stream, None)
         self._stream_fields.pop(stream, None)
-        for key in [k for k in self._shard_targets if k[0] == stream]:
-            del self._shard_targets[key]
+        self._shard_targets.pop(stream, None)
 
     async def append(
         self,
@@ -305,7 +306,8 @@ class HStreamClient:
         field = self._stream_fields.get(stream)
         if field is None:
             field = self._stream_fields[stream] = stream_field(stream)
-        target = self._shard_targets.get((stream, shard_id))
+        targets = self._shard_targets.get(stream)
+        target = None if targets is None else targets.get(shard_id)
         if target is None:
             target = await self._lookup_shard(stream, shard_id)
         request = append_request(field, shard_id, encoded, compression)
@@ -319,7 +321,7 @@ class HStreamClient:
     async def _lookup_shard(self, stream: str, shard_id: int) -> str:
         response = await self._call_any("LookupShard", pb.LookupShardRequest(shardId=shard_id))
         target = server_node(response.serverNode).target
-        self._shard_targets[(stream, shard_id)] = target
+        self._shard_targets.setdefault(stream, {})[shard_id] = target
         return target
 
     # -- readers -------------------------------------------------------------------------

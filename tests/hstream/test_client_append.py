@@ -138,3 +138,21 @@ async def test_empty_batch_and_oversized_batch_are_refused_with_their_codes(
         await client.append(name, [Record(b"x" * (1 << 20) + b"y")])
     assert (large.value.code, large.value.retriable) == (207, False)
     assert await client.append(name, []) == []
+
+
+async def test_invalidate_forgets_one_streams_caches_and_keeps_the_others(
+    client: HStreamClient, name: str
+) -> None:
+    streams = [f"{name}_a", f"{name}_b"]
+    for stream in streams:
+        await client.create_stream(stream, shard_count=2)
+        await client.append(stream, [Record(b"x", key=f"k{i}") for i in range(20)])
+    caches = (client._shard_maps, client._shard_targets, client._stream_fields)
+    assert all(set(cache) == set(streams) for cache in caches)
+    assert len(client._shard_targets[streams[0]]) == 2
+
+    client.invalidate(streams[0])
+    assert all(set(cache) == {streams[1]} for cache in caches)
+    # The next append looks the stream up again.
+    assert len(await client.append(streams[0], [Record(b"y", key="k")])) == 1
+    assert all(set(cache) == set(streams) for cache in caches)

@@ -285,3 +285,17 @@ def test_routing_cost_does_not_grow_with_the_number_of_rules() -> None:
     per_message = (time.perf_counter() - started) / len(sample)
 
     assert per_message < 100e-6, f"{per_message * 1e6:.1f} us per message"
+
+
+def test_the_route_cache_is_bounded_in_bytes_not_only_in_count() -> None:
+    import tracemalloc
+
+    rule = Rule(id="mem", topic="mem/#", stream="mem_${topic}", key="${topic}")
+    matcher = Matcher([rule])
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n in range(40_000):  # 40,000 topics of 500 characters: ~100 MB if only counted
+        matcher.route(f"mem/{n:08d}/" + "x" * 487)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held < 12 * 1024 * 1024, f"route cache holds {held} bytes"
