@@ -291,6 +291,10 @@ def letters(target: FakeTarget) -> list[pb.HStreamRecord]:
     return out
 
 
+def blocked(sender: Sender) -> str | None:
+    return sender.dead_letters_blocked
+
+
 async def test_a_refused_dead_letter_is_retried_never_settled() -> None:
     target = FakeTarget()
     target.add_stream("s")
@@ -302,12 +306,12 @@ async def test_a_refused_dead_letter_is_retried_never_settled() -> None:
     acc.add("s", record(1, delivery=delivery))
     assert not await sender.flush(0.3)
     assert not delivery.done, "a message whose dead letter is not stored must not be acked"
-    assert sender.dead_letters_blocked is not None
+    assert blocked(sender) is not None
     assert acc.buffered_records == 1
     del target.refuse["bridge_dead_letter"]  # the store takes it now
     await asyncio.wait_for(delivery.wait(), 5)
     assert [r.payload for r in letters(target)] == [b"1"]
-    assert sender.dead_letters_blocked is None
+    assert blocked(sender) is None
     await sender.aclose()
 
 
@@ -486,7 +490,7 @@ async def test_a_sender_task_that_dies_is_reported_as_fatal() -> None:
     def broken(state: object, shard_map: ShardMap) -> None:
         raise RuntimeError("set_shard_map broke")
 
-    acc.set_shard_map = broken  # type: ignore[assignment,method-assign]
+    acc.set_shard_map = broken  # type: ignore[method-assign]
     acc.add("s", record(1))
     await asyncio.wait_for(died.wait(), 5)
     assert isinstance(fatal[0], RuntimeError)
