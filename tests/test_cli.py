@@ -1,11 +1,17 @@
 """`hstream-bridge run` as a process: clean shutdown on SIGTERM, clear errors for bad setups."""
 
+import argparse
 import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from bridge.cli import build_parser
+from bridge.hstream.store.__main__ import build_parser as build_store_parser
 from tests.support.bridge import BridgeProcess, read_stream, wait_for_records, wait_until
 from tests.support.mosquitto import Mosquitto, Publisher
 from tests.support.store import REPO_ROOT, subprocess_store
@@ -21,6 +27,15 @@ def run_bridge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def run_store(
+    *args: str, module: str = "bridge", timeout: float = 60
+) -> "subprocess.CompletedProcess[str]":
+    command = [sys.executable, "-m", module, *(["store"] if module == "bridge" else []), *args]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -86,7 +101,7 @@ async def test_sigterm_under_load_flushes_and_loses_nothing(
 
             await wait_until(started, 30, "the first records to be stored")
             assert await bridge.terminate() == 0
-            assert "stopping: intake paused" in bridge.log_tail(200)
+            assert "stopping: intake stopped" in bridge.log_tail(200)
             await sending
         await bridge.start()
         records = await wait_for_records(store.url, "tele", total, timeout=60)
@@ -230,3 +245,120 @@ async def test_ports_in_use_are_one_line_errors(tmp_path: Path) -> None:
             assert result.returncode == 2, result.stderr
             assert f"127.0.0.1:{port}" in result.stderr
             assert "Traceback" not in result.stderr
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from all_parsers(sub)
+
+
+def test_no_parser_accepts_abbreviated_flags() -> None:
+    parsers = [*all_parsers(build_parser()), build_store_parser()]
+    names = {parser.prog for parser in parsers}
+    for command in ("run", "store", "streams create", "subscriptions delete", "tail"):
+        assert f"hstream-bridge {command}" in names
+    assert [p.prog for p in parsers if p.allow_abbrev] == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["run", "--buffer", "5"], "--buffer"),
+        (["run", "--api-list", "127.0.0.1:0"], "--api-list"),
+        (["store", "--list", "127.0.0.1:0"], "--list"),
+        (["store", "--data", "elsewhere"], "--data"),
+        (["streams", "list", "--hstream", "hstream://127.0.0.1:1"], "--hstream"),
+        (["tail", "temps", "--fol"], "--fol"),
+        (["--vers", "run"], "--vers"),
+    ],
+)
+def test_an_abbreviated_flag_is_an_unrecognized_argument(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"unrecognized arguments: {flag}" in error
+
+
+def test_the_store_module_refuses_abbreviated_flags_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_store_parser().parse_args(["--list", "127.0.0.1:0", "--data-dir", "d"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["bridge", "bridge.hstream.store"])
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0"])
+def test_store_beyond_loopback_without_auth_or_tls_is_refused(
+    module: str, listen: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "store"
+    result = run_store("--listen", listen, "--data-dir", str(data), module=module)
+    assert result.returncode == 2, result.stderr
+    assert "without authentication or TLS" in result.stderr
+    for flag in ("--username", "--password", "--tls-cert", "--tls-key"):
+        assert flag in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data.exists()  # refused before anything was opened
+
+
+def test_store_username_without_a_password_is_refused(tmp_path: Path) -> None:
+    result = run_store(
+        "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path / "s"), "--username", "u"
+    )
+    assert result.returncode == 2
+    assert "--username needs --password" in result.stderr
+
+
+async def test_store_beyond_loopback_with_basic_auth_is_served(tmp_path: Path) -> None:
+    from tests.support.store import free_port, wait_for_echo
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "bridge", "store",
+        "--listen", f"0.0.0.0:{port}",
+        "--data-dir", str(tmp_path / "store"),
+        "--username", "u",
+        "--password", "p",
+    ]  # fmt: skip
+    process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        await wait_for_echo(
+            f"127.0.0.1:{port}", timeout=20, metadata=(("authorization", "Basic dTpw"),)
+        )
+    finally:
+        process.terminate()
+        output, _ = await asyncio.to_thread(process.communicate, timeout=20)
+    assert process.returncode == 0, output.decode()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--hstream-url", "hstream://bridge:topsecret@", "--api-listen", "127.0.0.1:0"],
+        ["run", "--mqtt-url", "mqtt://bridge:topsecret@emqx/extra", "--api-listen", "127.0.0.1:0"],
+        ["streams", "list", "--hstream-url", "hstream://bridge:topsecret@"],
+    ],
+)
+def test_a_bad_url_is_reported_without_its_password(argv: list[str], tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)] if argv[0] == "run" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", *argv, *data],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode in (1, 2), result.stderr
+    assert "bridge:***@" in result.stderr  # the URL is named, so the user can find it
+    assert "topsecret" not in result.stderr + result.stdout

@@ -14,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from bridge import __version__
-from bridge.api.deps import UNAUTHORIZED, AuthDep
+from bridge.api.deps import UNAUTHORIZED, UNAUTHORIZED_JSON, AuthDep
+from bridge.api.hosts import LoopbackHostOnly, is_loopback, parse_listen
 from bridge.api.limits import MAX_BODY_BYTES, BodySizeLimit
 from bridge.api.protocol import BridgeApi
 from bridge.api.routes import health, metrics, rules
@@ -33,11 +34,16 @@ A rule routes every MQTT message whose topic matches its filter to an HStreamDB 
 `{site}` in the filter captures one topic level; `${site}` and `${topic}` in `stream` and `key`
 are replaced per message. Changes take effect at once, without a restart, and persist.
 
-**Authentication.** When the bridge runs with `--api-token`, every `/rules` endpoint needs
-`Authorization: Bearer <token>` (401 otherwise), and this document declares the bearer scheme;
-without a token it declares none. `/health`, `/ready` and `/metrics` stay open for probes and
-scrapers, and so do `/docs` and `/openapi.json`: they describe the API and reveal no rules or
-data.
+**Authentication.** When the bridge runs with `--api-token`, every `/rules` endpoint and
+`/metrics` (whose labels name rules and streams) need `Authorization: Bearer <token>` (401
+otherwise), and this document declares the bearer scheme on them; without a token it declares
+none. `/health` and `/ready` stay open for probes, and so do `/docs` and `/openapi.json`: they
+describe the API and reveal no rules or data.
+
+**Host check.** An API listening on a loopback address answers only requests whose `Host` is
+`localhost`, a 127.x.x.x address or `[::1]` (any port), and refuses others with 421: a web page
+cannot reach it through DNS rebinding. Beyond loopback the token guards it, and any `Host` is
+served.
 
 **Errors.** Invalid input is 422 with FastAPI's `detail` list, whose `loc` names the field;
 a duplicate id is 409, an unknown id 404, a body over the size limit 413.
@@ -46,12 +52,17 @@ a duplicate id is 409, an unknown id 404, a body over the size limit 413.
 TAGS: Final = [
     {"name": "rules", "description": "Routing rules: CRUD and dry runs"},
     {"name": "health", "description": "Liveness and readiness probes (no token needed)"},
-    {"name": "metrics", "description": "Prometheus metrics (no token needed)"},
+    {"name": "metrics", "description": "Prometheus metrics (the token, when one is set)"},
 ]
 
 
 def create_app(bridge: BridgeApi, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The HTTP API for `bridge`; serve it with `serve_api` (or any ASGI server)."""
+    """The HTTP API for `bridge`; serve it with `serve_api` (or any ASGI server).
+
+    When `bridge.settings.api_listen` is a loopback address, requests must carry a loopback
+    Host header (see bridge/api/hosts.py); ValueError for a malformed listen address.
+    """
+    host, _ = parse_listen(bridge.settings.api_listen)
     app = FastAPI(
         title="hstream-bridge",
         version=__version__,
@@ -63,13 +74,18 @@ def create_app(bridge: BridgeApi, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     app.state.bridge = bridge
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if is_loopback(host):
+        app.add_middleware(LoopbackHostOnly)  # added last: outermost, before anything else
+    # The token check is declared only when required, so the OpenAPI document tells clients
+    # the truth. /health and /ready stay open for probes.
     if bridge.settings.api_token:
-        # Declared only when required, so the OpenAPI document tells clients the truth.
         app.include_router(rules.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
+        app.include_router(health.router)
+        app.include_router(metrics.router, dependencies=[AuthDep], responses=UNAUTHORIZED_JSON)
     else:
         app.include_router(rules.router)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
+        app.include_router(health.router)
+        app.include_router(metrics.router)
     return app
 
 

@@ -9,7 +9,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from bridge.api.models import ErrorMessage
 from bridge.api.protocol import BridgeApi
 
-__all__ = ["UNAUTHORIZED", "AuthDep", "BridgeDep", "get_bridge", "require_token"]
+__all__ = [
+    "UNAUTHORIZED",
+    "UNAUTHORIZED_JSON",
+    "AuthDep",
+    "BridgeDep",
+    "get_bridge",
+    "require_token",
+]
 
 
 def get_bridge(request: Request) -> BridgeApi:
@@ -53,3 +60,12 @@ UNAUTHORIZED: Final[dict[int | str, dict[str, Any]]] = {
         "description": "The request does not carry the configured bearer token",
     }
 }
+
+UNAUTHORIZED_JSON: Final[dict[int | str, dict[str, Any]]] = {
+    status.HTTP_401_UNAUTHORIZED: {
+        "description": "The request does not carry the configured bearer token",
+        "content": {"application/json": {"schema": ErrorMessage.model_json_schema()}},
+    }
+}
+"""UNAUTHORIZED for routes whose own answers are not JSON (/metrics is text/plain): FastAPI
+documents a `model` response under the route's media type, but the 401 body is JSON."""

@@ -19,6 +19,7 @@ from typing import Final
 import uvicorn
 
 from bridge.api.app import create_app
+from bridge.api.hosts import is_loopback, parse_listen
 from bridge.api.protocol import BridgeApi
 
 __all__ = ["is_loopback", "parse_listen", "serve_api"]
@@ -27,34 +28,6 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT: Final = 10.0
 """Seconds uvicorn may take to start serving on an already bound socket."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port); ValueError if not."""
-    host, sep, port_text = listen.strip().rpartition(":")
-    if not sep:
-        raise ValueError(f"API listen address {listen!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(
-            f"API listen address {listen!r}: port {port_text!r} is not a number"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"API listen address {listen!r}: port {port} is out of range")
-    return host or "0.0.0.0", port
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback IP literals; hostnames are not resolved (not trusted)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Server(uvicorn.Server):

@@ -25,6 +25,7 @@ from typing import Any, get_args, get_origin
 from pydantic import ValidationError
 
 from bridge import __version__
+from bridge.logs import redact_url  # errors quote URLs; their passwords stay out of stderr
 from bridge.settings import ConfigFileError, Settings, load_settings
 
 logger = logging.getLogger("bridge")
@@ -65,20 +66,25 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False everywhere: argparse otherwise takes any unambiguous prefix of a flag
+    # (`--buffer` for `--buffer-bytes`), so a typo or a flag removed later silently binds to
+    # another one. Subparsers do not inherit it: every `add_parser` passes it.
     parser = argparse.ArgumentParser(
-        prog="hstream-bridge", description="MQTT to HStreamDB, at least once."
+        prog="hstream-bridge", description="MQTT to HStreamDB, at least once.", allow_abbrev=False
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the bridge")
+    run = commands.add_parser("run", help="run the bridge", allow_abbrev=False)
     run.add_argument("--config", type=Path, help="TOML file with settings and [[rules]]")
     _add_setting_flags(run)
     run.set_defaults(func=_run)
 
     from bridge.hstream.store.__main__ import add_arguments as add_store_arguments
 
-    store = commands.add_parser("store", help="run the embedded HStreamDB-API store on its own")
+    store = commands.add_parser(
+        "store", help="run the embedded HStreamDB-API store on its own", allow_abbrev=False
+    )
     add_store_arguments(store, data_dir_default=Path("./data/store"))
     store.set_defaults(func=functools.partial(_store, store))
 
@@ -109,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = _settings_from_args(args)
     except ValidationError as exc:
-        print(_format_validation(exc), file=sys.stderr)
+        print(redact_url(_format_validation(exc)), file=sys.stderr)
         return 2
     except ConfigFileError as exc:
         print(str(exc), file=sys.stderr)
@@ -121,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve_bridge(settings: Settings) -> int:
     from bridge.hstream.errors import HStreamError
     from bridge.mqtt import ConnectRefused
-    from bridge.service import Bridge
+    from bridge.service import Bridge, PipelineFailed
     from rules import RulesFileError
 
     stop = asyncio.Event()
@@ -135,10 +141,14 @@ async def _serve_bridge(settings: Settings) -> int:
             # latency spikes under load.
             gc.freeze()
             await bridge.run(stop)
+    except PipelineFailed as exc:
+        # Logged where it happened; exit non-zero so the orchestrator restarts the bridge.
+        print(f"hstream-bridge: {redact_url(str(exc))}", file=sys.stderr)
+        return 1
     except (RulesFileError, ValueError, ConnectRefused, HStreamError, OSError) as exc:
         # A configuration problem (rules file, settings, credentials, an address in use or a
         # data dir that cannot be written): one clear line, no traceback.
-        print(f"hstream-bridge: {exc}", file=sys.stderr)
+        print(f"hstream-bridge: {redact_url(str(exc))}", file=sys.stderr)
         return 2
     logger.info("stopped")
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bridge.hstream import HStreamClient, ReceivedRecord
 from bridge.hstream.errors import HStreamError
+from bridge.logs import redact_url
 
 DEFAULT_URL = "hstream://127.0.0.1:6570"
 ENV_PREFIX = "HSTREAM_BRIDGE_"
@@ -30,7 +31,7 @@ Handler = Callable[[HStreamClient, argparse.Namespace], Awaitable[int]]
 
 def _connection_options() -> argparse.ArgumentParser:
     """Flags every resource command takes; defaults come from the bridge's environment."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parent.add_argument(
         "--hstream-url",
         default=os.environ.get(f"{ENV_PREFIX}HSTREAM_URL") or DEFAULT_URL,
@@ -55,39 +56,56 @@ def add_resource_commands(
     """Add `streams`, `subscriptions` and `tail` to the `hstream-bridge` command."""
     common = _connection_options()
 
-    streams = subparsers.add_parser("streams", help="list, create and delete streams")
+    streams = subparsers.add_parser(
+        "streams", help="list, create and delete streams", allow_abbrev=False
+    )
     stream_cmds = streams.add_subparsers(dest="streams_command", required=True, metavar="ACTION")
-    cmd = stream_cmds.add_parser("list", parents=[common], help="list streams")
+    cmd = stream_cmds.add_parser("list", parents=[common], help="list streams", allow_abbrev=False)
     cmd.set_defaults(func=_command(_streams_list))
-    cmd = stream_cmds.add_parser("create", parents=[common], help="create a stream")
+    cmd = stream_cmds.add_parser(
+        "create", parents=[common], help="create a stream", allow_abbrev=False
+    )
     cmd.add_argument("name")
     cmd.add_argument("--shards", type=int, default=1, help="shard count (default 1)")
     cmd.add_argument("--replication", type=int, default=1, help="replication factor (default 1)")
     cmd.add_argument("--backlog", type=int, default=0, help="retention in seconds (0: default)")
     cmd.set_defaults(func=_command(_streams_create))
-    cmd = stream_cmds.add_parser("delete", parents=[common], help="delete a stream")
+    cmd = stream_cmds.add_parser(
+        "delete", parents=[common], help="delete a stream", allow_abbrev=False
+    )
     cmd.add_argument("name")
     cmd.add_argument("--force", action="store_true", help="even if it has subscriptions")
     cmd.set_defaults(func=_command(_streams_delete))
 
-    subs = subparsers.add_parser("subscriptions", help="list, create and delete subscriptions")
+    subs = subparsers.add_parser(
+        "subscriptions", help="list, create and delete subscriptions", allow_abbrev=False
+    )
     sub_cmds = subs.add_subparsers(dest="subscriptions_command", required=True, metavar="ACTION")
-    cmd = sub_cmds.add_parser("list", parents=[common], help="list subscriptions")
+    cmd = sub_cmds.add_parser(
+        "list", parents=[common], help="list subscriptions", allow_abbrev=False
+    )
     cmd.set_defaults(func=_command(_subscriptions_list))
-    cmd = sub_cmds.add_parser("create", parents=[common], help="create a subscription")
+    cmd = sub_cmds.add_parser(
+        "create", parents=[common], help="create a subscription", allow_abbrev=False
+    )
     cmd.add_argument("id")
     cmd.add_argument("--stream", required=True, help="the stream to subscribe to")
     cmd.add_argument("--offset", choices=["earliest", "latest"], default="earliest")
     cmd.add_argument("--ack-timeout", type=float, default=60.0, help="seconds (default 60)")
     cmd.add_argument("--max-unacked", type=int, default=10_000, help="default 10000")
     cmd.set_defaults(func=_command(_subscriptions_create))
-    cmd = sub_cmds.add_parser("delete", parents=[common], help="delete a subscription")
+    cmd = sub_cmds.add_parser(
+        "delete", parents=[common], help="delete a subscription", allow_abbrev=False
+    )
     cmd.add_argument("id")
     cmd.add_argument("--force", action="store_true", help="even if consumers are attached")
     cmd.set_defaults(func=_command(_subscriptions_delete))
 
     tail = subparsers.add_parser(
-        "tail", parents=[common], help="print a stream's records, one line each"
+        "tail",
+        parents=[common],
+        help="print a stream's records, one line each",
+        allow_abbrev=False,
     )
     tail.add_argument("stream")
     tail.add_argument("--from", dest="offset", choices=["earliest", "latest"], default="earliest")
@@ -125,7 +143,7 @@ async def _with_client(handler: Handler, args: argparse.Namespace) -> int:
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_url(str(exc))}", file=sys.stderr)  # it may quote the URL
         return 1
 
 

@@ -1,4 +1,4 @@
-"""Bearer-token auth: /rules needs the token when one is set; probes, metrics and docs do not."""
+"""Bearer-token auth: /rules and /metrics need the token when one is set; probes and docs do not."""
 
 import httpx
 import pytest
@@ -13,12 +13,14 @@ PROTECTED = [
     ("PUT", "/rules/temps", {"topic": "a", "stream": "s"}),
     ("DELETE", "/rules/temps", None),
     ("POST", "/rules/test", {"topic": "a"}),
+    ("GET", "/metrics", None),  # its labels name rules and streams (device ids, often)
 ]
-OPEN = ["/health", "/ready", "/metrics", "/docs", "/openapi.json"]
+OPEN = ["/health", "/ready", "/docs", "/openapi.json"]
+SECURED_PATHS = {"/rules", "/rules/test", "/rules/{rule_id}", "/metrics"}
 
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
-async def test_without_the_token_every_rules_endpoint_is_401_with_www_authenticate(
+async def test_without_the_token_every_protected_endpoint_is_401_with_www_authenticate(
     secured_bridge: MemoryBridge, method: str, path: str, body: object
 ) -> None:
     before = list(secured_bridge.rules)
@@ -38,7 +40,7 @@ async def test_without_the_token_every_rules_endpoint_is_401_with_www_authentica
 
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
-async def test_with_the_token_every_rules_endpoint_works(
+async def test_with_the_token_every_protected_endpoint_works(
     secured_bridge: MemoryBridge, method: str, path: str, body: object
 ) -> None:
     async with served(secured_bridge, token=TOKEN) as client:
@@ -46,7 +48,21 @@ async def test_with_the_token_every_rules_endpoint_works(
     assert response.status_code in (200, 201, 204), response.text
 
 
-async def test_probes_metrics_and_docs_stay_open_with_a_token(
+async def test_without_the_token_metrics_reveal_no_rule_or_stream(
+    secured_bridge: MemoryBridge,
+) -> None:
+    secured_bridge.metrics.records_success.labels(rule="temps", stream="temps_dev42").inc()
+    async with served(secured_bridge) as client:
+        refused = await client.get("/metrics")
+    async with served(secured_bridge, token=TOKEN) as client:
+        scraped = await client.get("/metrics")
+    assert refused.status_code == 401
+    assert "temps" not in refused.text
+    assert scraped.status_code == 200
+    assert 'rule="temps",stream="temps_dev42"' in scraped.text
+
+
+async def test_probes_and_docs_stay_open_with_a_token(
     secured_bridge: MemoryBridge,
 ) -> None:
     async with served(secured_bridge) as client:
@@ -71,10 +87,11 @@ async def test_openapi_declares_the_bearer_scheme_on_rules_when_a_token_is_set(
         spec = (await client.get("/openapi.json")).json()
     scheme = spec["components"]["securitySchemes"]["HTTPBearer"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert set(spec["paths"]) > SECURED_PATHS
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             secured = operation.get("security") == [{"HTTPBearer": []}]
-            assert secured == path.startswith("/rules"), path
+            assert secured == (path in SECURED_PATHS), path
             assert ("401" in operation["responses"]) == secured, path
 
 

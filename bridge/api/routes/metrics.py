@@ -1,7 +1,9 @@
 """`/metrics`: the bridge's Prometheus registry in the text exposition format.
 
-Open even when a token is configured, like /health: Prometheus scrapes without credentials by
-default, and the families carry no payloads or topics (see bridge/metrics.py).
+Needs the bearer token when one is configured (`create_app` adds the check): the families carry
+no payloads or topics, but their labels name rules and streams, and stream names are often
+rendered from device ids. Prometheus sends the token with `authorization: credentials_file`
+(deploy/prometheus.yml).
 """
 
 from fastapi import APIRouter

@@ -10,7 +10,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from bridge.hstream.store.server import serve, server_credentials
+from bridge.hstream.store.server import check_store_listen, serve, server_credentials
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, data_dir_default: Path | None) -> None:
@@ -44,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, data_dir_default: Path | N
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """Check the TLS options, then serve until SIGTERM/SIGINT (exit 0)."""
+    """Check the TLS and listen options, then serve until SIGTERM/SIGINT (exit 0).
+
+    A listen address beyond loopback needs Basic auth (--username and --password) or TLS
+    (--tls-cert and --tls-key), as the HTTP API needs a token there.
+    """
     from bridge.logs import setup_logging
 
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -56,6 +60,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
         except ValueError as exc:
             parser.error(str(exc))
+    if args.username is not None and not args.password:
+        parser.error("--username needs --password (or env HSTREAM_STORE_PASSWORD)")
+    authenticated = args.tls_cert is not None or args.username is not None
+    try:
+        check_store_listen(args.listen, authenticated=authenticated)
+    except ValueError as exc:
+        parser.error(str(exc))
     setup_logging(args.log_level.lower())
     asyncio.run(
         serve(
@@ -73,9 +84,15 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.hstream.store")
+def build_parser() -> argparse.ArgumentParser:
+    # No abbreviations: `--list` must not quietly mean `--listen`.
+    parser = argparse.ArgumentParser(prog="python -m bridge.hstream.store", allow_abbrev=False)
     add_arguments(parser, data_dir_default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     return run(parser, parser.parse_args(argv))
 
 

@@ -3,11 +3,13 @@
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import signal
 import socket
 from pathlib import Path
 from types import TracebackType
+from typing import Final
 
 import grpc
 
@@ -27,6 +29,41 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"listen address {listen!r} is not HOST:PORT")
     return host.strip("[]") if host.startswith("[") else host, int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback IP literals; names are not resolved (not trusted).
+
+    The same rule as `bridge.api.is_loopback`, kept here because `bridge.hstream` does not
+    import the rest of the bridge.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+STORE_AUTH_FLAGS: Final = "--username and --password, or --tls-cert and --tls-key"
+
+
+def check_store_listen(listen: str, *, authenticated: bool, remedy: str = STORE_AUTH_FLAGS) -> None:
+    """Refuse (ValueError, one line) to serve the store beyond loopback without protection.
+
+    `authenticated` is whether the store will require Basic auth (a user name and a password)
+    or serve TLS. A loopback address (`localhost`, 127.0.0.0/8, ::1) is always allowed; any
+    other, wildcards included, needs `authenticated`. `remedy` names what to add, in the
+    message; the default names the `hstream-bridge store` flags. Raises ValueError for a
+    malformed address too.
+    """
+    host, _ = split_listen(listen)
+    if authenticated or is_loopback_host(host):
+        return
+    raise ValueError(
+        f"refusing to serve the HStreamDB API on {listen} without authentication or TLS:"
+        f" add {remedy}, or listen on a loopback address such as 127.0.0.1"
+    )
 
 
 def _tls_files(
