@@ -30,6 +30,7 @@ from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamNotFound
 from bridge.hstream.errors import StreamExists as StreamExistsError
 from bridge.hstream.records import Compression
+from bridge.logs import redact_url
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt import Message, MqttError, MqttSettings, MqttSource
 from bridge.router import Output, Router
@@ -131,6 +132,16 @@ class Bridge:
             raise ValueError(
                 f"refusing to serve the HTTP API on {settings.api_listen} without --api-token"
             )
+        if settings.store_listen is not None and settings.hstream_url is None:
+            from bridge.hstream.store import check_store_listen
+
+            # The embedded store serves plain, unauthenticated gRPC with delete rights.
+            check_store_listen(
+                settings.store_listen,
+                authenticated=False,
+                remedy="a separate `hstream-bridge store` with --username/--password or "
+                "--tls-cert/--tls-key, given to the bridge as --hstream-url",
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.rules = await asyncio.to_thread(self._initial_rules)
         self.router = Router(
@@ -172,7 +183,7 @@ class Bridge:
                 raise
             # An outage at start is waited out like any other: records wait in the buffer and
             # appends are retried until HStreamDB answers (/ready says it is not reachable).
-            logger.warning("HStreamDB at %s is not reachable yet: %s", hstream_url, exc)
+            logger.warning("HStreamDB at %s is not reachable yet: %s", redact_url(hstream_url), exc)
         self.client = client
         self.sender = Sender(
             self.client,
@@ -219,8 +230,8 @@ class Bridge:
         logger.info(
             "bridge running: %d rules, MQTT %s, HStreamDB %s, API %s",
             len(self.rules),
-            settings.mqtt_url,
-            hstream_url,
+            redact_url(settings.mqtt_url),
+            redact_url(hstream_url),
             self.api_url,
         )
 

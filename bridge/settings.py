@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     hstream_cert_file: Path | None = Field(None, description="Client certificate for hstreams://")
     hstream_key_file: Path | None = Field(None, description="Client key for hstreams://")
     store_listen: str | None = Field(
-        None, description="Also serve the embedded store's gRPC API here (embedded mode only)"
+        None,
+        description="Also serve the embedded store's gRPC API here (embedded mode only; "
+        "loopback only: it has no authentication)",
     )
     # Service
     api_listen: str = Field("127.0.0.1:8080", description="HTTP API address host:port")

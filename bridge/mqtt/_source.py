@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any
 
 from bridge.backoff import backoff_delay
+from bridge.logs import redact_url
 from bridge.mqtt._errors import ConnectRefused, MqttError, SubscribeRefused
 from bridge.mqtt._filters import non_overlapping
 from bridge.mqtt._link import Link
@@ -249,18 +250,20 @@ class MqttSource:
                 self._settle_first(None)
                 log.info(
                     "MQTT connected to %s as %r (session present: %s)",
-                    self.settings.url,
+                    redact_url(self.settings.url),
                     self.settings.client_id,
                     link.session_present,
                 )
                 self._notify(True)
                 await link.wait_lost()
                 self._notify(False)
-                log.warning("MQTT connection to %s lost; reconnecting", self.settings.url)
+                log.warning(
+                    "MQTT connection to %s lost; reconnecting", redact_url(self.settings.url)
+                )
                 if time.monotonic() - link.connected_at >= self.settings.reconnect_max:
                     attempt = 0  # it was stable: start the backoff again from the bottom
             if failure is not None:
-                log.warning("MQTT connect to %s failed: %r", self.settings.url, failure)
+                log.warning("MQTT connect to %s failed: %r", redact_url(self.settings.url), failure)
             self._settle_first(None)
             delay = backoff_delay(attempt, self.settings.reconnect_min, self.settings.reconnect_max)
             attempt += 1

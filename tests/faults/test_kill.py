@@ -1,0 +1,138 @@
+"""kill -9 of the bridge while a fault holds work in flight: nothing acknowledged is lost.
+
+The bridge runs as its own process between the MQTT proxy and the gRPC fault proxy. A fault
+keeps records in flight (appends held before they reach the store, a dead-letter stream that
+refuses, one stream failing with INTERNAL, HStreamDB unreachable), then the bridge is killed with
+SIGKILL. At that instant every message the proxy saw acknowledged must be in the store; then the
+fault is lifted, the bridge restarted with the same client id, and every message must arrive
+(the broker redelivers what was not acknowledged).
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.faults.conftest import Rig
+from tests.faults.ledger import DEAD_LETTERS, number, payload, take_stock
+from tests.support.bridge import BridgeProcess, read_stream, wait_until
+from tests.support.mosquitto import publish
+
+pytestmark = pytest.mark.timeout(180)
+
+TOTAL = 300
+CONFIG = """
+[[rules]]
+id = "tele"
+topic = "tele/{dev}"
+stream = "tele"
+key = "${dev}"
+
+[[rules]]
+id = "js"
+topic = "js/{dev}"
+stream = "js"
+key = "${dev}"
+payload = "json"
+"""
+
+Fault = Callable[[Rig], Awaitable[Callable[[], Awaitable[bool]]]]
+
+
+async def held_appends(rig: Rig) -> Callable[[], Awaitable[bool]]:
+    hold = rig.faults.hold("Append", stream="tele", before=True)
+
+    async def in_flight() -> bool:
+        return hold.held >= 1
+
+    return in_flight
+
+
+async def refused_dead_letters(rig: Rig) -> Callable[[], Awaitable[bool]]:
+    rig.faults.fail("Append", code=grpc.StatusCode.INVALID_ARGUMENT, error=207, stream=DEAD_LETTERS)
+
+    async def in_flight() -> bool:
+        return rig.faults.refused[("Append", grpc.StatusCode.INVALID_ARGUMENT)] >= 3
+
+    return in_flight
+
+
+async def internal_errors(rig: Rig) -> Callable[[], Awaitable[bool]]:
+    rig.faults.fail("Append", code=grpc.StatusCode.INTERNAL, error=0, stream="tele")
+
+    async def in_flight() -> bool:
+        return rig.faults.refused[("Append", grpc.StatusCode.INTERNAL)] >= 2
+
+    return in_flight
+
+
+async def store_unreachable(rig: Rig) -> Callable[[], Awaitable[bool]]:
+    await rig.faults.cut()
+
+    async def in_flight() -> bool:
+        return (
+            rig.faults.refused[("Append", grpc.StatusCode.UNAVAILABLE)]
+            + rig.faults.refused[("ListShards", grpc.StatusCode.UNAVAILABLE)]
+            >= 2
+        )
+
+    return in_flight
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [held_appends, refused_dead_letters, internal_errors, store_unreachable],
+    ids=["appends-held", "dead-letters-refused", "internal-errors", "store-unreachable"],
+)
+async def test_kill_9_while_a_fault_holds_work_in_flight_loses_nothing(
+    rig: Rig, tmp_path: Path, fault: Fault
+) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text(CONFIG)
+    args = [
+        "--mqtt-url", rig.mqtt.url, "--hstream-url", rig.faults.url, "--client-id", "kill-test",
+        "--config", str(config), "--retry-backoff-min", "0.05", "--retry-backoff-max", "0.5",
+        "--append-error-retries", "1000", "--append-timeout", "2",
+    ]  # fmt: skip
+    bridge = BridgeProcess(tmp_path / "bridge", args)
+    await bridge.start()
+    try:
+        in_flight = await fault(rig)
+        good = [(f"tele/d{n % 7}", payload(n)) for n in range(TOTAL)]
+        bad = [(f"js/d{n % 3}", payload(n)) for n in range(TOTAL, TOTAL + 30)]  # not JSON
+        await asyncio.to_thread(publish, rig.broker.host, rig.broker.port, good + bad)
+        await wait_until(in_flight, 30, "the fault to hold work in flight")
+        bridge.kill()
+        at_kill = await take_stock(
+            f"kill -9, {fault.__name__}", TOTAL + 30, rig.mqtt.acked, rig.store.url, ["tele"],
+            record=False,
+        )  # fmt: skip
+        assert len(set(at_kill.acked)) < TOTAL + 30, "the fault held nothing back"
+        rig.faults.clear()
+        rig.faults.restore()
+        await bridge.start()
+
+        async def everything_arrived() -> bool:
+            kept = {number(r.payload) for r in await read_stream(rig.store.url, "tele")}  # type: ignore[arg-type]
+            kept |= {number(r.payload) for r in await read_stream(rig.store.url, DEAD_LETTERS)}  # type: ignore[arg-type]
+            return kept >= set(range(TOTAL + 30))
+
+        await wait_until(everything_arrived, 60, "every message after the restart")
+        await wait_until(
+            lambda: len(set(rig.mqtt.acked)) >= TOTAL + 30, 30, "every message to be acked"
+        )
+        assert await bridge.terminate() == 0
+    finally:
+        if bridge.process is not None and bridge.process.poll() is None:
+            bridge.kill()
+    ledger = await take_stock(
+        f"kill -9, {fault.__name__}, restart", TOTAL + 30, rig.mqtt.acked, rig.store.url, ["tele"]
+    )
+    assert sorted(set(ledger.stored)) == list(range(TOTAL))
+    assert sorted(set(ledger.dead)) == list(range(TOTAL, TOTAL + 30))
+    print(
+        f"\nkill -9 with {fault.__name__}: {len(set(at_kill.acked))} acked and "
+        f"{len(set(at_kill.stored))} stored at the kill; {ledger.duplicates} duplicates after"
+    )
