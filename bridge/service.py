@@ -490,12 +490,10 @@ class Bridge:
         ):
             self._on_pressure(True)  # a QoS 1/2 rule now: dropping is no longer allowed
         if self.source is not None:
-            try:
-                await self.source.set_subscriptions(matcher.subscriptions())
-            except MqttError as exc:
-                # Saved and routing already; the source applies its wanted subscriptions again
-                # on the next connection.
-                logger.warning("rules saved, but the broker refused a subscription change: %s", exc)
+            # Saved and routing already. An MqttError (a refused or unconfirmed subscription)
+            # reaches the API, which answers 502 saying the change stands: the source keeps
+            # sending the subscriptions until the broker confirms them.
+            await self.source.set_subscriptions(matcher.subscriptions())
 
     def dry_run(
         self,

@@ -218,9 +218,21 @@ async def test_idle_per_device_streams_are_forgotten_and_work_again(
         for n in range(5):
             await wait_for_records(bridge.store.url, f"dev_d{n}", 1)
         await wait_until(lambda: not accumulator.streams, 10, "idle streams to be forgotten")
+        # ...and every per-stream thing with them: no metric series is left behind.
+        scrape = bridge.metrics.render()[0].decode()
+        assert 'stream="dev_d1"' not in scrape
         await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, [("per/d0", b"two")])
         records = await wait_for_records(bridge.store.url, "dev_d0", 2)
         assert sorted(r.payload for r in records if isinstance(r.payload, bytes)) == [
             b"one",
             b"two",
         ]
+
+
+async def test_the_embedded_store_is_not_served_off_loopback(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    settings = bridge_settings(tmp_path, mosquitto.url, store_listen="0.0.0.0:0")
+    with pytest.raises(ValueError, match="without authentication or TLS"):
+        async with Bridge(settings):
+            pass

@@ -20,7 +20,7 @@ class ConnectRefused(MqttError):
 
 
 class SubscribeRefused(MqttError):
-    """The broker refused some subscriptions; they stay wanted and are retried on reconnect."""
+    """The broker refused some subscriptions; they stay wanted and are sent again with backoff."""
 
     def __init__(self, refused: dict[str, int]) -> None:
         listed = ", ".join(f"{f!r} ({code:#x})" for f, code in sorted(refused.items()))

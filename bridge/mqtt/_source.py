@@ -129,7 +129,8 @@ class MqttSource:
         """Make `filters` (filter -> QoS) the wanted subscriptions: subscribe new or changed ones,
         unsubscribe removed ones. Applied now when connected, else on the next connect, and
         again after every reconnect. Raises SubscribeRefused for filters the broker refused
-        (they stay wanted), MqttError when the connection drops meanwhile (retried on reconnect).
+        (they stay wanted and are sent again with backoff), MqttError when the broker did not
+        confirm them in time (sent again until it does) or the connection dropped.
         """
         for topic, qos in filters.items():
             if qos not in (0, 1, 2) or not topic:

@@ -21,6 +21,7 @@ import pytest
 
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.records import EncodedRecord
+from bridge.mqtt import MqttError
 from bridge.service import Bridge, DeadLetterStreamMissing, PipelineFailed
 from tests.faults.conftest import Rig
 from tests.faults.ledger import DEAD_LETTERS, number, payload, take_stock
@@ -355,7 +356,9 @@ async def test_a_subscription_whose_suback_never_came_is_sent_again_until_confir
         source = bridge.source
         assert source is not None
         rig.mqtt.drop_subacks(1)
-        await bridge.create_rule(Rule.model_validate(rule("late", "late", "late")))
+        with pytest.raises(MqttError, match="not confirmed yet"):  # the API answers 502
+            await bridge.create_rule(Rule.model_validate(rule("late", "late", "late")))
+        assert bridge.get_rule("late") is not None, "the change stands"
         assert source.unconfirmed == {"late/+": 1}
         await wait_until(lambda: not source.unconfirmed, 40, "the subscription to be confirmed")
         filters = [f for s in rig.mqtt.subscribes for f, _ in s.filters if f == "late/+"]

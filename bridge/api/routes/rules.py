@@ -3,8 +3,8 @@
 Every change goes through the bridge, which persists it and applies it to the live MQTT
 subscriptions before answering. What the bridge raises is mapped here: RuleConflict to 409,
 RuleMissing to 404, a failure to save the rules file to 503 (the rules are unchanged then), and
-an MQTT error while changing subscriptions to 502 (the change stands; the MQTT source keeps the
-subscriptions wanted and retries them on reconnect).
+an MQTT error while changing subscriptions to 502 (the change stands; the MQTT source keeps
+sending the subscriptions until the broker confirms them, and again after every reconnect).
 """
 
 import asyncio
@@ -66,7 +66,7 @@ _NOT_SAVED: Final[dict[int | str, dict[str, Any]]] = {
     status.HTTP_502_BAD_GATEWAY: {
         "model": ErrorMessage,
         "description": "The change was saved and routes messages, but the MQTT broker did not"
-        " confirm the subscriptions it needs; they are retried on every reconnect",
+        " confirm the subscriptions it needs; they are sent again until it does",
     },
     status.HTTP_503_SERVICE_UNAVAILABLE: {
         "model": ErrorMessage,
@@ -108,7 +108,7 @@ def _not_subscribed(exc: MqttError) -> HTTPException:
     return HTTPException(
         status.HTTP_502_BAD_GATEWAY,
         f"the rule change was saved, but the MQTT broker did not confirm the subscriptions"
-        f" ({exc}); they are retried on every reconnect",
+        f" ({exc}); they are sent again until it does",
     )
 
 
