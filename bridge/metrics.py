@@ -12,7 +12,8 @@ Families (all prefixed `hstream_bridge_`; counters get `_total` on the wire):
     messages_matched_total{rule}          messages a rule matched (each makes one record)
     messages_unmatched_total              messages no enabled rule matched
     records_success_total{rule,stream}    records HStreamDB confirmed stored
-    records_failed_total{rule,stream,reason}  records given up on (not stored, not dead-lettered)
+    records_failed_total{rule,stream,reason}  records given up on (not stored, not dead-lettered);
+                                          no path gives up today (the promise), so it stays 0
     records_dropped_total{reason}         QoS 0 records dropped on purpose (qos0_overflow, shutdown)
     records_dead_lettered_total{rule,reason}  records parked in the dead-letter stream
     appends_retried_total{stream}         appends sent again after a retriable error

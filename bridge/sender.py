@@ -73,8 +73,6 @@ class SenderEvents(Protocol):
 
     def dead_lettered(self, items: Sequence[Item], reason: str) -> None: ...
 
-    def failed(self, stream: str, items: Sequence[Item], reason: str) -> None: ...
-
 
 @dataclass(frozen=True, slots=True)
 class SenderConfig:

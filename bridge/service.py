@@ -80,9 +80,6 @@ class _Events:
     def dead_lettered(self, items: Sequence[Item], reason: str) -> None:
         self._m.observe_dead_letters(items, reason)
 
-    def failed(self, stream: str, items: Sequence[Item], reason: str) -> None:
-        self._m.observe_failed(stream, items, reason)  # pragma: no cover - nothing gives up
-
 
 class Bridge:
     def __init__(self, settings: Settings) -> None:

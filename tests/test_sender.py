@@ -101,7 +101,6 @@ class Events:
         self.stored_records = 0
         self.retries = 0
         self.dead: list[str] = []
-        self.failed_records = 0
 
     def stored(self, stream: str, items: Sequence[Item], append_seconds: float) -> None:
         self.stored_records += len(items)
@@ -111,9 +110,6 @@ class Events:
 
     def dead_lettered(self, items: Sequence[Item], reason: str) -> None:
         self.dead.extend(reason for _ in items)
-
-    def failed(self, stream: str, items: Sequence[Item], reason: str) -> None:
-        self.failed_records += len(items)
 
 
 def make(target: FakeTarget, **config: object) -> tuple[Accumulator, Sender, Events]:
