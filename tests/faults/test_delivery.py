@@ -322,10 +322,14 @@ async def test_a_poison_stream_is_parked_while_other_rules_keep_flowing(
 async def test_bursts_of_internal_and_resource_exhausted_are_retried_in_order(
     rig: Rig, tmp_path: Path
 ) -> None:
+    # The first append is slow, so closed batches queue up behind it; the failures then hit a
+    # shard with batches waiting, where a retry that let the next batch pass would reorder.
+    rig.faults.delay("Append", 0.3, stream="burst", times=1)
     rig.faults.fail("Append", code=grpc.StatusCode.INTERNAL, error=0, times=2)
     rig.faults.fail("Append", code=grpc.StatusCode.RESOURCE_EXHAUSTED, times=2)
     rig.faults.fail("Append", code=grpc.StatusCode.UNAVAILABLE, times=3)
-    async with bridged(rig, tmp_path, [rule("burst", "burst", "burst")], stream_shards=2):
+    rules = [rule("burst", "burst", "burst")]
+    async with bridged(rig, tmp_path, rules, stream_shards=2, batch_max_records=10):
         await send(rig, [(f"burst/d{n % 5}", payload(n)) for n in range(500)])
         await acked(rig, 500, timeout=60)
     ledger = await take_stock(
