@@ -29,19 +29,32 @@ def test_bad_broker_url_is_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "changes",
+    ("changes", "message"),
     [
-        {"protocol": 3},
-        {"client_id": ""},
-        {"keepalive": 0},
-        {"receive_maximum": 0},
-        {"shared_group": "a/b"},
-        {"reconnect_min": 2.0, "reconnect_max": 1.0},
-        {"cert_file": "c.pem"},
+        ({"protocol": 3}, r"^protocol must be 5 or 4 \(MQTT 3\.1\.1\)$"),
+        ({"client_id": ""}, r"^a persistent session needs a client id$"),
+        ({"keepalive": 0}, r"^keepalive must be in \(0, 65535\] seconds$"),
+        ({"keepalive": 65536}, r"^keepalive must be in \(0, 65535\] seconds$"),
+        ({"session_expiry": -1}, r"^session_expiry must be in \[0, 2\*\*32 - 1\] seconds$"),
+        ({"session_expiry": 2.0**32}, r"^session_expiry must be in \[0, 2\*\*32 - 1\] seconds$"),
+        ({"receive_maximum": 0}, r"^receive_maximum must be in \[1, 65535\]$"),
+        ({"receive_maximum": 65536}, r"^receive_maximum must be in \[1, 65535\]$"),
+        ({"shared_group": "a/b"}, r"^shared_group must be non-empty without '/', '\+' or '#'$"),
+        ({"shared_group": ""}, r"^shared_group must be non-empty without '/', '\+' or '#'$"),
+        (
+            {"reconnect_min": 2.0, "reconnect_max": 1.0},
+            r"^need 0 < reconnect_min <= reconnect_max$",
+        ),
+        ({"reconnect_min": 0.0}, r"^need 0 < reconnect_min <= reconnect_max$"),
+        ({"cert_file": "c.pem"}, r"^cert_file and key_file go together$"),
+        ({"key_file": "k.pem"}, r"^cert_file and key_file go together$"),
+        ({"url": "tcp://h:1883"}, r"^MQTT URL 'tcp://h:1883' must start with mqtt:// or mqtts://$"),
     ],
 )
-def test_invalid_settings_are_refused(changes: dict[str, object]) -> None:
-    with pytest.raises(ValueError, match=r"."):
+def test_invalid_settings_are_refused_naming_the_field(
+    changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
         MqttSettings(**changes)  # type: ignore[arg-type]
 
 
