@@ -65,6 +65,8 @@ class MqttSource:
         self._link: Link | None = None  # the connection that is up, subscribed and current
         self._up = asyncio.Event()  # set while _link is
         self._paused = False
+        self._reading = asyncio.Event()  # set while not paused: SUBACKs can be read
+        self._reading.set()
         self._held: deque[tuple[Link, int | None, Message]] = deque()
         self._drain_scheduled = False
         self._inflight = 0
@@ -140,6 +142,12 @@ class MqttSource:
             link = self._link
             if link is None or link.lost:
                 return
+            if self._paused:
+                # The SUBACK would wait unread behind the paused socket: subscribe as soon as
+                # intake resumes (nothing is read before that, so nothing is missed).
+                log.info("intake is paused: the subscriptions change when it resumes")
+                self._retry_subscriptions(link)
+                return
             try:
                 await self._sync(link)
             except (ConnectionError, TimeoutError) as exc:
@@ -172,12 +180,7 @@ class MqttSource:
     async def _resubscribe(self, link: Link) -> None:
         attempt = 0
         while not self._closing and link is self._link and not link.lost:
-            if not self.unconfirmed:
-                return
-            await asyncio.sleep(
-                backoff_delay(attempt, self.settings.reconnect_min, self.settings.reconnect_max)
-            )
-            attempt += 1
+            await self._reading.wait()  # a SUBACK cannot be read while paused
             async with self._subscription_lock:
                 if link is not self._link or link.lost or not self.unconfirmed:
                     return
@@ -187,6 +190,11 @@ class MqttSource:
                     log.warning("subscriptions still not confirmed: %r; sending again", exc)
             if not self.unconfirmed:
                 log.info("subscriptions confirmed by the broker")
+                return
+            await asyncio.sleep(
+                backoff_delay(attempt, self.settings.reconnect_min, self.settings.reconnect_max)
+            )
+            attempt += 1
 
     async def flush_acks(self, timeout: float = 5.0) -> None:
         """Send the acks of every handler awaitable that has completed and wait (at most
@@ -203,6 +211,7 @@ class MqttSource:
         session stays up: pings continue and silence while paused is not taken for a dead
         broker."""
         self._paused = True
+        self._reading.clear()
         if self._link is not None:
             self._link.pause()
 
@@ -217,6 +226,7 @@ class MqttSource:
         if not self._paused or self._intake_stopped:
             return
         self._paused = False
+        self._reading.set()
         if self._held:
             self._schedule_drain()
         elif self._link is not None:

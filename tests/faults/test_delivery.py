@@ -370,3 +370,30 @@ async def test_a_subscription_whose_suback_never_came_is_sent_again_until_confir
         await send(rig, [("late/d0", payload(n)) for n in range(5)])
         await acked(rig, 5)
     await take_stock("SUBACK never came", 5, rig.mqtt.acked, rig.store.url, ["late"])
+
+
+async def test_a_rule_made_while_intake_is_paused_answers_at_once_and_subscribes_on_resume(
+    rig: Rig, tmp_path: Path
+) -> None:
+    from rules import Rule
+
+    overrides = {"buffer_bytes": 64 * 1024, "batch_max_bytes": 16 * 1024, "append_timeout": 1.0}
+    async with bridged(rig, tmp_path, [rule("busy", "busy", "busy")], **overrides) as bridge:
+        source = bridge.source
+        assert source is not None
+        await rig.faults.cut()
+        await send(rig, [(f"busy/d{n % 4}", payload(n, 1024)) for n in range(300)])
+        await wait_until(lambda: source.paused, 20, "intake to pause")
+        started = asyncio.get_running_loop().time()
+        await bridge.create_rule(Rule.model_validate(rule("later", "later", "later")))
+        # The SUBACK cannot be read while paused: the change must not wait for it (it took
+        # the whole SUBACK time-out, 10 s, and answered 502).
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert source.unconfirmed == {"later/+": 1}
+        rig.faults.restore()
+        await wait_until(lambda: not source.unconfirmed, 30, "the subscription on resume")
+        await send(rig, [("later/d0", payload(n)) for n in range(300, 310)])
+        await acked(rig, 310, timeout=60)
+    await take_stock(
+        "rule made while intake paused", 310, rig.mqtt.acked, rig.store.url, ["busy", "later"]
+    )
