@@ -1,8 +1,9 @@
 """kill -9 of the bridge while a fault holds work in flight: nothing acknowledged is lost.
 
 The bridge runs as its own process between the MQTT proxy and the gRPC fault proxy. A fault
-keeps records in flight (appends held before they reach the store, a dead-letter stream that
-refuses, one stream failing with INTERNAL, HStreamDB unreachable), then the bridge is killed with
+keeps records in flight (appends held before they reach the store, answers withheld after the
+store took them - which shows what may repeat -, a dead-letter stream that refuses, one stream
+failing with INTERNAL, HStreamDB unreachable), then the bridge is killed with
 SIGKILL. At that instant every message the proxy saw acknowledged must be in the store; then the
 fault is lifted, the bridge restarted with the same client id, and every message must arrive
 (the broker redelivers what was not acknowledged).
@@ -50,6 +51,16 @@ async def held_appends(rig: Rig) -> Callable[[], Awaitable[bool]]:
     return in_flight
 
 
+async def held_answers(rig: Rig) -> Callable[[], Awaitable[bool]]:
+    """The store has stored the batch; the bridge has not heard (what may repeat)."""
+    hold = rig.faults.hold("Append", stream="tele")
+
+    async def in_flight() -> bool:
+        return hold.held >= 1 and rig.faults.appended["tele"] >= 1
+
+    return in_flight
+
+
 async def refused_dead_letters(rig: Rig) -> Callable[[], Awaitable[bool]]:
     rig.faults.fail("Append", code=grpc.StatusCode.INVALID_ARGUMENT, error=207, stream=DEAD_LETTERS)
 
@@ -83,8 +94,8 @@ async def store_unreachable(rig: Rig) -> Callable[[], Awaitable[bool]]:
 
 @pytest.mark.parametrize(
     "fault",
-    [held_appends, refused_dead_letters, internal_errors, store_unreachable],
-    ids=["appends-held", "dead-letters-refused", "internal-errors", "store-unreachable"],
+    [held_appends, held_answers, refused_dead_letters, internal_errors, store_unreachable],
+    ids=["appends-held", "answers-held", "dead-letters-refused", "internal-errors", "unreachable"],
 )
 async def test_kill_9_while_a_fault_holds_work_in_flight_loses_nothing(
     rig: Rig, tmp_path: Path, fault: Fault
@@ -106,8 +117,8 @@ async def test_kill_9_while_a_fault_holds_work_in_flight_loses_nothing(
         await wait_until(in_flight, 30, "the fault to hold work in flight")
         bridge.kill()
         at_kill = await take_stock(
-            f"kill -9, {fault.__name__}", TOTAL + 30, rig.mqtt.acked, rig.store.url, ["tele"],
-            record=False,
+            f"kill -9, {fault.__name__}: at the kill", TOTAL + 30, rig.mqtt.acked, rig.store.url,
+            ["tele"],
         )  # fmt: skip
         assert len(set(at_kill.acked)) < TOTAL + 30, "the fault held nothing back"
         rig.faults.clear()
