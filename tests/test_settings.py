@@ -65,3 +65,13 @@ def test_readme_documents_every_flag() -> None:
         if name != "rules" and f"`--{name.replace('_', '-')}`" not in readme
     ]
     assert not missing, f"README lacks {missing}; regenerate with scripts/settings_table.py"
+
+
+def test_a_batch_larger_than_the_record_limit_is_refused_naming_both() -> None:
+    import pydantic
+
+    with pytest.raises(
+        pydantic.ValidationError, match=r"batch_max_bytes \(524288\) is over max_rec"
+    ):
+        Settings(max_record_bytes=256 * 1024)
+    assert Settings(max_record_bytes=512 * 1024).max_record_bytes == 512 * 1024
