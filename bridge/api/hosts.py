@@ -18,6 +18,8 @@ from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bridge.hstream.store.server import is_loopback_host as is_loopback
+
 __all__ = ["LoopbackHostOnly", "is_loopback", "is_loopback_host_header", "parse_listen"]
 
 MISDIRECTED: Final = 421
@@ -39,16 +41,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"API listen address {listen!r}: port {port} is out of range")
     return host or "0.0.0.0", port
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback IP literals; hostnames are not resolved (not trusted)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def is_loopback_host_header(value: str) -> bool:
