@@ -22,9 +22,16 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from bridge.hstream.records import framed_size
 from bridge.hstream.shards import ShardMap
+
+
+class Settles(Protocol):
+    """What a record reports to once it is stored (in its stream or as a dead letter)."""
+
+    def record_done(self) -> None: ...
 
 
 class Delivery:
@@ -75,7 +82,7 @@ class Item:
         self,
         data: bytes,
         key: str,
-        delivery: Delivery | None,
+        delivery: Settles | None,
         received_at: float,
         rule_id: str,
         held: int = 0,

@@ -28,6 +28,20 @@ Families (all prefixed `hstream_bridge_`; counters get `_total` on the wire):
     hstream_reachable, hstream_errors_total{code}
     rules_loaded, build_info{version}
 
+With `--buffer disk` only (`bind_disk_buffer`; absent, not 0, in memory mode):
+
+    disk_buffer_bytes                     bytes of buffer segment files on disk
+    disk_buffer_limit_bytes               the configured limit (--buffer-disk-bytes)
+    disk_buffer_backlog_records, disk_buffer_backlog_bytes
+                                          durable records not yet forwarded (stored in HStreamDB
+                                          or dead-lettered), and their bytes
+    disk_buffer_oldest_age_seconds        age of the oldest unforwarded record; 0 when empty
+    disk_buffer_accepting                 1 while the buffer takes records; 0 while full (the
+                                          limit reached, or the disk full: ENOSPC)
+    disk_buffer_written_records_total     records made durable
+    disk_buffer_forwarded_records_total   records forwarded
+    disk_buffer_fsyncs_total              fsync calls of the buffer
+
 Labels are bounded on purpose: a rule id, a stream name, a reason or an error code from a fixed
 set in the code, never an MQTT topic, a client id or an exception text. One caveat: `stream` is as
 bounded as the rules make it; a stream template over a per-device capture gives one series per
@@ -40,7 +54,7 @@ per record; the `observe_*` helpers below do that. `family.labels(...)` costs ab
 (it validates and looks up the labels under a lock), a cached child's `inc()` about 0.25 us, so
 the helpers keep labelled children in a dict (`child()`); a histogram `observe()` is about 0.5 us.
 Gauges that mirror pipeline state (`queuing_*`, `inflight_appends`) are read at scrape time via
-`bind_gauges`, costing nothing per message.
+`bind_gauges`, and the disk buffer's families via `bind_disk_buffer`, costing nothing per message.
 """
 
 import bisect
@@ -61,7 +75,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bridge import __version__
@@ -134,6 +148,57 @@ class _Buffered(Protocol):
 class _InFlight(Protocol):
     @property
     def inflight(self) -> int: ...
+
+
+class DiskBufferStats(Protocol):
+    """What `bind_disk_buffer` reads of the disk buffer (`--buffer disk`), at every scrape.
+
+    Read-only properties, so plain attributes and properties both fit.
+    """
+
+    @property
+    def bytes_on_disk(self) -> int:
+        """Bytes of buffer segment files on disk."""
+        ...
+
+    @property
+    def backlog_records(self) -> int:
+        """Durable records not yet forwarded (stored in HStreamDB or dead-lettered)."""
+        ...
+
+    @property
+    def backlog_bytes(self) -> int:
+        """The bytes of the backlog records."""
+        ...
+
+    @property
+    def forwarded_total(self) -> int:
+        """Records forwarded since start."""
+        ...
+
+    @property
+    def fsyncs_total(self) -> int:
+        """fsync calls of the buffer since start."""
+        ...
+
+    @property
+    def written_total(self) -> int:
+        """Records written (made durable) since start."""
+        ...
+
+    @property
+    def limit_bytes(self) -> int:
+        """The configured limit (--buffer-disk-bytes)."""
+        ...
+
+    @property
+    def accepting(self) -> bool:
+        """False while full: the limit reached, or the disk full (ENOSPC)."""
+        ...
+
+    def oldest_age(self) -> float | None:
+        """Seconds since the oldest unforwarded record was written; None when empty."""
+        ...
 
 
 def error_code(error: BaseException) -> str:
@@ -329,6 +394,8 @@ class BridgeMetrics:
         self._e2e_bounds = list(LATENCY_BUCKETS)
         self._e2e_buckets = self.e2e_seconds._buckets
         self._e2e_sum = self.e2e_seconds._sum
+        # Registered by the first `bind_disk_buffer`: memory mode exports no disk buffer family.
+        self._disk_buffer: _DiskBufferCollector | None = None
 
     def flush(self) -> None:
         """Move the per-message counts into their counters (runs at every collection)."""
@@ -447,6 +514,18 @@ class BridgeMetrics:
         self.queuing_bytes.set_function(lambda: buffer.buffered_bytes)
         self.inflight_appends.set_function(lambda: sender.inflight)
 
+    def bind_disk_buffer(self, stats: DiskBufferStats) -> None:
+        """Export the `disk_buffer_*` families, read from `stats` at scrape time.
+
+        Until this is called they do not exist (memory mode). Binding again reads the new object
+        instead; the families stay registered once.
+        """
+        if self._disk_buffer is None:
+            self._disk_buffer = _DiskBufferCollector(stats)
+            self.registry.register(self._disk_buffer)
+        else:
+            self._disk_buffer.stats = stats
+
     # --- exposition ---------------------------------------------------------------------------
 
     def render(self) -> tuple[bytes, str]:
@@ -466,6 +545,80 @@ class _Flush(Collector):
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+# The disk buffer's families: name without the prefix, counter or not, help.
+_DISK_BUFFER_FAMILIES = (
+    ("disk_buffer_bytes", False, "Bytes of the disk buffer's segment files on disk."),
+    (
+        "disk_buffer_limit_bytes",
+        False,
+        "Configured limit of the disk buffer (--buffer-disk-bytes).",
+    ),
+    (
+        "disk_buffer_backlog_records",
+        False,
+        "Records durable in the disk buffer and not yet forwarded (stored or dead-lettered).",
+    ),
+    ("disk_buffer_backlog_bytes", False, "Bytes of the records in the disk buffer's backlog."),
+    (
+        "disk_buffer_oldest_age_seconds",
+        False,
+        "Seconds since the oldest unforwarded record was written to disk; 0 when none is.",
+    ),
+    (
+        "disk_buffer_accepting",
+        False,
+        "1 while the disk buffer takes records, 0 while full (its limit reached or ENOSPC).",
+    ),
+    (
+        "disk_buffer_written_records",
+        True,
+        "Records written to the disk buffer and made durable (fsync'd).",
+    ),
+    (
+        "disk_buffer_forwarded_records",
+        True,
+        "Records forwarded from the disk buffer: stored in HStreamDB or dead-lettered.",
+    ),
+    ("disk_buffer_fsyncs", True, "fsync calls made by the disk buffer."),
+)
+
+
+class _DiskBufferCollector(Collector):
+    """The `disk_buffer_*` families, read from the bound stats at every collection."""
+
+    def __init__(self, stats: DiskBufferStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats
+        age = stats.oldest_age()
+        values = (
+            stats.bytes_on_disk,
+            stats.limit_bytes,
+            stats.backlog_records,
+            stats.backlog_bytes,
+            0.0 if age is None else max(0.0, age),
+            1 if stats.accepting else 0,
+            stats.written_total,
+            stats.forwarded_total,
+            stats.fsyncs_total,
+        )
+        return [
+            _family(name, counter, text, value)
+            for (name, counter, text), value in zip(_DISK_BUFFER_FAMILIES, values, strict=True)
+        ]
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: the registry refuses a second collector exporting the same ones.
+        return [_family(name, counter, text) for name, counter, text in _DISK_BUFFER_FAMILIES]
+
+
+def _family(name: str, counter: bool, text: str, value: float | None = None) -> Metric:
+    if counter:
+        return CounterMetricFamily(f"{PREFIX}_{name}", text, value=value)
+    return GaugeMetricFamily(f"{PREFIX}_{name}", text, value=value)
 
 
 def _package_version() -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 from bridge.accumulator import MESSAGE_OVERHEAD, Accumulator, Delivery, Item
 from bridge.api import RuleConflict, RuleMissing, is_loopback, parse_listen, serve_api
+from bridge.buffer import DiskBuffer, Entry, Forwarder
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamNotFound
 from bridge.hstream.errors import StreamExists as StreamExistsError
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 RULES_FILE = "rules.json"
 STORE_DIR = "store"
+BUFFER_DIR = "buffer"
 
 
 class PipelineFailed(Exception):
@@ -101,6 +103,8 @@ class Bridge:
         self._hstream_ok = False
         self._hstream_checked = 0.0
         self._stopping = False
+        self.disk: DiskBuffer | None = None
+        self.forwarder: Forwarder | None = None
         self.failure: BaseException | None = None
         self._failed = asyncio.Event()
 
@@ -208,9 +212,11 @@ class Bridge:
             budget_bytes=settings.buffer_bytes,
             on_ready=self.sender.on_ready,
             on_new_stream=self.sender.on_new_stream,
-            on_pressure=self._on_pressure,
+            on_pressure=self._on_accumulator_pressure,
         )
         self.sender.bind(self.accumulator)
+        if settings.buffer == "disk":
+            await self._start_disk_buffer(self.accumulator)
         pruner = asyncio.create_task(self._prune_idle_streams(), name="prune-idle-streams")
         pruner.add_done_callback(self._task_done)
         self._stack.push_async_callback(_cancel, pruner)
@@ -231,6 +237,34 @@ class Bridge:
             redact_url(hstream_url),
             self.api_url,
         )
+
+    async def _start_disk_buffer(self, accumulator: Accumulator) -> None:
+        """Records go to disk first (acknowledged after fsync); a forwarder feeds the pipeline."""
+        disk = DiskBuffer(
+            self.data_dir / BUFFER_DIR,
+            limit_bytes=self.settings.buffer_disk_bytes,
+            on_pressure=self._on_pressure,
+        )
+        await disk.open()
+        self._stack.push_async_callback(disk.aclose)
+        self.disk = disk
+        self.forwarder = Forwarder(disk, accumulator)
+        self.metrics.bind_disk_buffer(disk)
+        forwarder = asyncio.create_task(self.forwarder.run(), name="disk-buffer-forwarder")
+        forwarder.add_done_callback(self._task_done)
+        self._stack.push_async_callback(_cancel, forwarder)
+
+    def _on_accumulator_pressure(self, full: bool) -> None:
+        """The memory budget: it holds back MQTT intake, or with a disk buffer, forwarding."""
+        if self.forwarder is not None:
+            self.forwarder.on_pressure(full)
+        else:
+            self._on_pressure(full)
+
+    def _intake_pressure(self) -> bool:
+        if self.disk is not None:
+            return self.disk.full
+        return self.accumulator is not None and self.accumulator.under_pressure
 
     async def _check_dead_letter_stream(self, client: HStreamClient) -> None:
         """Make sure the dead-letter stream exists, or can be made, before taking messages:
@@ -331,7 +365,11 @@ class Bridge:
         logger.info("stopping: intake stopped, flushing buffered records")
         self._stopping = True
         self.source.stop_intake()
-        flushed = await self.sender.flush(self.settings.shutdown_timeout)
+        if self.disk is not None:
+            # Accepted records only need to be durable (forwarding resumes at the next start).
+            flushed = await self.disk.flush(self.settings.shutdown_timeout)
+        else:
+            flushed = await self.sender.flush(self.settings.shutdown_timeout)
         await self.source.flush_acks()
         if not flushed:
             assert self.accumulator is not None
@@ -354,14 +392,18 @@ class Bridge:
         self.metrics.observe_received(message.qos, routes)
         if not routes:
             return None
-        if (
-            message.qos == 0
-            and accumulator.under_pressure
-            and self.settings.qos0_overflow == "drop"
-        ):
+        if message.qos == 0 and self.settings.qos0_overflow == "drop" and self._intake_pressure():
             self.metrics.observe_dropped("qos0_overflow", records=len(routes))
             return None
         outputs = router.outputs(message, routes)
+        if self.disk is not None:
+            for out in outputs:
+                if out.reason is not None:
+                    self.metrics.observe_dead_letter(out.rule_id, out.reason)
+            durable = self.disk.add(
+                [Entry(out.stream, out.rule_id, out.key, out.data) for out in outputs]
+            )
+            return durable if message.qos else None
         delivery = Delivery(len(outputs), self._loop) if message.qos else None
         # A QoS 1/2 message stays in memory until acknowledged; a QoS 0 one is gone now.
         held = len(message.payload) + len(message.topic) + MESSAGE_OVERHEAD if delivery else 0
@@ -409,12 +451,29 @@ class Bridge:
         mqtt = self.source is not None and self.source.connected
         hstream = await self._hstream_reachable()
         blocked = self.sender.dead_letters_blocked if self.sender is not None else None
+        disk = self.disk
+        # With a disk buffer, records wait on disk while HStreamDB (or the dead-letter stream)
+        # is unavailable: ready as long as the buffer accepts them.
+        accepting = disk.accepting if disk is not None else hstream and blocked is None
+        ready = mqtt and accepting
         body: dict[str, Any] = {
-            "ready": mqtt and hstream and blocked is None and self.failure is None,
+            "ready": ready and self.failure is None,
             "mqtt": mqtt,
             "hstream": hstream,
             "dead_letters": blocked is None,
         }
+        if disk is not None:
+            age = disk.oldest_age()
+            body["buffer"] = {
+                "mode": "disk",
+                "accepting": disk.accepting,
+                "backlog_records": disk.backlog_records,
+                "backlog_bytes": disk.backlog_bytes,
+                "bytes_on_disk": disk.bytes_on_disk,
+                "limit_bytes": disk.limit_bytes,
+                "oldest_age_seconds": round(age, 3) if age is not None else None,
+                "error": disk.disk_error,
+            }
         if blocked is not None:
             body["dead_letters_error"] = blocked
         if self.failure is not None:
@@ -480,8 +539,7 @@ class Bridge:
         logger.info("rules changed: %d rules", len(rules))
         if (
             self.source is not None
-            and self.accumulator is not None
-            and self.accumulator.under_pressure
+            and self._intake_pressure()
             and not self.source.paused
             and not self._qos0_only()
         ):

@@ -77,6 +77,18 @@ class Settings(BaseSettings):
         description="Memory budget over buffered or in-flight records and the messages they "
         "hold back; intake pauses when it is spent",
     )
+    buffer: Literal["memory", "disk"] = Field(
+        "memory",
+        description="Where accepted records wait for HStreamDB: memory (a message is "
+        "acknowledged once stored in HStreamDB) or disk (acknowledged once fsync'd to a local "
+        "buffer under DATA_DIR/buffer, then forwarded; rides out long outages)",
+    )
+    buffer_disk_bytes: int = Field(
+        8 << 30,
+        ge=1 << 20,
+        description="Disk buffer size limit; intake pauses when it is reached (or the disk is "
+        "full)",
+    )
     max_record_bytes: int = Field(
         1 << 20,
         ge=1024,

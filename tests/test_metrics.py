@@ -13,7 +13,7 @@ from bridge.hstream.errors import (
     StreamNotFound,
     WrongServer,
 )
-from bridge.metrics import BridgeMetrics, error_code
+from bridge.metrics import BridgeMetrics, DiskBufferStats, error_code
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,35 @@ class FakeItem:
     rule_id: str
     received_at: float
     size: int
+
+
+@dataclass
+class FakeDiskBuffer:
+    bytes_on_disk: int = 0
+    backlog_records: int = 0
+    backlog_bytes: int = 0
+    forwarded_total: int = 0
+    fsyncs_total: int = 0
+    written_total: int = 0
+    limit_bytes: int = 1 << 30
+    accepting: bool = True
+    age: float | None = None
+
+    def oldest_age(self) -> float | None:
+        return self.age
+
+
+DISK_BUFFER_FAMILIES = {
+    "hstream_bridge_disk_buffer_bytes": "gauge",
+    "hstream_bridge_disk_buffer_limit_bytes": "gauge",
+    "hstream_bridge_disk_buffer_backlog_records": "gauge",
+    "hstream_bridge_disk_buffer_backlog_bytes": "gauge",
+    "hstream_bridge_disk_buffer_oldest_age_seconds": "gauge",
+    "hstream_bridge_disk_buffer_accepting": "gauge",
+    "hstream_bridge_disk_buffer_written_records": "counter",
+    "hstream_bridge_disk_buffer_forwarded_records": "counter",
+    "hstream_bridge_disk_buffer_fsyncs": "counter",
+}
 
 
 def value(m: BridgeMetrics, name: str, **labels: str) -> float:
@@ -196,6 +225,98 @@ def test_bound_gauges_read_the_pipeline_at_scrape_time() -> None:
     assert value(m, "hstream_bridge_queuing_records") == 7
     assert value(m, "hstream_bridge_queuing_bytes") == 700
     assert value(m, "hstream_bridge_inflight_appends") == 2
+
+
+def disk_buffer_values(m: BridgeMetrics) -> dict[str, float]:
+    """The disk buffer samples of one scrape of the rendered text, by sample name."""
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(m.render()[0].decode())
+        if family.name.startswith("hstream_bridge_disk_buffer_")
+        for sample in family.samples
+    }
+
+
+def test_disk_buffer_families_do_not_exist_unbound() -> None:
+    m = BridgeMetrics()  # memory mode: nothing binds a disk buffer
+    assert b"disk_buffer" not in m.render()[0]
+    assert disk_buffer_values(m) == {}
+
+
+def test_bound_disk_buffer_is_read_at_scrape_time() -> None:
+    m = BridgeMetrics()
+    disk = FakeDiskBuffer(limit_bytes=1000)
+    stats: DiskBufferStats = disk
+    m.bind_disk_buffer(stats)
+    families = {
+        f.name: f.type
+        for f in text_string_to_metric_families(m.render()[0].decode())
+        if f.name.startswith("hstream_bridge_disk_buffer_")
+    }
+    assert families == DISK_BUFFER_FAMILIES
+    assert disk_buffer_values(m) == {
+        "hstream_bridge_disk_buffer_bytes": 0,
+        "hstream_bridge_disk_buffer_limit_bytes": 1000,
+        "hstream_bridge_disk_buffer_backlog_records": 0,
+        "hstream_bridge_disk_buffer_backlog_bytes": 0,
+        "hstream_bridge_disk_buffer_oldest_age_seconds": 0,  # empty: None reads as 0
+        "hstream_bridge_disk_buffer_accepting": 1,
+        "hstream_bridge_disk_buffer_written_records_total": 0,
+        "hstream_bridge_disk_buffer_forwarded_records_total": 0,
+        "hstream_bridge_disk_buffer_fsyncs_total": 0,
+    }
+
+    disk.bytes_on_disk, disk.backlog_records, disk.backlog_bytes = 900, 12, 840
+    disk.written_total, disk.forwarded_total, disk.fsyncs_total = 40, 28, 5
+    disk.accepting, disk.age = False, 7.5
+    assert disk_buffer_values(m) == {
+        "hstream_bridge_disk_buffer_bytes": 900,
+        "hstream_bridge_disk_buffer_limit_bytes": 1000,
+        "hstream_bridge_disk_buffer_backlog_records": 12,
+        "hstream_bridge_disk_buffer_backlog_bytes": 840,
+        "hstream_bridge_disk_buffer_oldest_age_seconds": 7.5,
+        "hstream_bridge_disk_buffer_accepting": 0,
+        "hstream_bridge_disk_buffer_written_records_total": 40,
+        "hstream_bridge_disk_buffer_forwarded_records_total": 28,
+        "hstream_bridge_disk_buffer_fsyncs_total": 5,
+    }
+
+    disk.accepting, disk.age, disk.backlog_records = True, None, 0
+    assert value(m, "hstream_bridge_disk_buffer_accepting") == 1
+    assert value(m, "hstream_bridge_disk_buffer_oldest_age_seconds") == 0
+    assert value(m, "hstream_bridge_disk_buffer_backlog_records") == 0
+
+
+def test_disk_buffer_oldest_age_is_never_negative() -> None:
+    m = BridgeMetrics(process=False)
+    m.bind_disk_buffer(FakeDiskBuffer(age=-0.25))  # a clock step back
+    assert value(m, "hstream_bridge_disk_buffer_oldest_age_seconds") == 0
+
+
+def test_binding_a_disk_buffer_again_reads_the_new_one_once() -> None:
+    m = BridgeMetrics(process=False)
+    m.bind_disk_buffer(FakeDiskBuffer(written_total=3))
+    m.bind_disk_buffer(FakeDiskBuffer(written_total=9))
+    body = m.render()[0].decode()
+    assert body.count("# TYPE hstream_bridge_disk_buffer_written_records") == 1
+    assert value(m, "hstream_bridge_disk_buffer_written_records_total") == 9
+
+
+def test_disk_buffer_families_are_free_until_scraped() -> None:
+    class Counting(FakeDiskBuffer):
+        reads = 0
+
+        def oldest_age(self) -> float | None:
+            self.reads += 1
+            return super().oldest_age()
+
+    m = BridgeMetrics(process=False)
+    disk = Counting()
+    m.bind_disk_buffer(disk)
+    disk.written_total += 1000  # the buffer's own counters: nothing in metrics runs
+    assert disk.reads == 0
+    m.render()
+    assert disk.reads == 1
 
 
 def test_child_returns_the_same_child_as_labels() -> None:

@@ -75,7 +75,13 @@ class Readiness(BaseModel):
     pipeline: bool = Field(
         True, description="no pipeline task has failed (false: the process is stopping)"
     )
-    not_ready: list[Literal["mqtt", "hstream", "dead_letters", "pipeline"]] = Field(
+    buffer: dict[str, Any] | None = Field(
+        None,
+        description="with --buffer disk: whether it accepts, its backlog (records, bytes, "
+        "oldest record's age) and disk use; HStreamDB being down does not make the bridge "
+        "unready then, a full buffer does",
+    )
+    not_ready: list[Literal["mqtt", "hstream", "dead_letters", "pipeline", "buffer"]] = Field(
         description="what is not ready", examples=[["mqtt"]]
     )
     error: str | None = Field(None, description="why dead letters or the pipeline are not ready")

@@ -24,6 +24,7 @@ async def test_ready_is_200_when_both_dependencies_are(client: httpx.AsyncClient
         "hstream": True,
         "dead_letters": True,
         "pipeline": True,
+        "buffer": None,
         "not_ready": [],
         "error": None,
     }
@@ -41,6 +42,7 @@ async def test_ready_is_503_and_names_the_dependency_that_is_not(
         "hstream": True,
         "dead_letters": True,
         "pipeline": True,
+        "buffer": None,
         "not_ready": ["mqtt"],
         "error": None,
     }

@@ -27,9 +27,23 @@ SUFFIXES = {
 }
 
 
+class DiskBuffer:
+    """Stands in for the disk buffer, whose families exist only once one is bound."""
+
+    bytes_on_disk = backlog_records = backlog_bytes = 0
+    forwarded_total = fsyncs_total = written_total = 0
+    limit_bytes = 1 << 30
+    accepting = True
+
+    def oldest_age(self) -> float | None:
+        return None
+
+
 def exported_series() -> dict[str, str]:
-    """Series name -> family name, from a scrape of a fresh BridgeMetrics."""
-    body, _ = BridgeMetrics().render()
+    """Series name -> family name, from a scrape of a fresh BridgeMetrics with a disk buffer."""
+    metrics = BridgeMetrics()
+    metrics.bind_disk_buffer(DiskBuffer())
+    body, _ = metrics.render()
     series: dict[str, str] = {}
     for family in text_string_to_metric_families(body.decode()):
         for suffix in SUFFIXES[family.type]:
@@ -90,6 +104,31 @@ def test_dashboard_shows_the_metrics_an_operator_needs() -> None:
         "hstream_bridge_batch_records",
     }
     assert needed <= used, sorted(needed - used)
+
+
+def test_dashboard_shows_every_disk_buffer_family() -> None:
+    series = exported_series()
+    families = {name for name in series.values() if name.startswith("hstream_bridge_disk_buffer_")}
+    assert len(families) == 9
+    used = {
+        series[name]
+        for expr in expressions(load_dashboard())
+        for name in METRIC_NAME.findall(expr)
+        if name in series
+    }
+    assert families <= used, sorted(families - used)
+
+
+def test_panels_do_not_overlap() -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in load_dashboard()["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, (panel["title"], taken[x, y])
+                taken[x, y] = panel["title"]
 
 
 def test_every_panel_has_a_description_and_a_unique_id() -> None:

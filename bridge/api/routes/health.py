@@ -57,16 +57,23 @@ async def ready(bridge: BridgeDep) -> JSONResponse:
     hstream = state.get("hstream") is True
     dead_letters = state.get("dead_letters", True) is True
     pipeline = "failed" not in state
-    is_ready = state.get("ready") is True and mqtt and hstream and dead_letters and pipeline
-    not_ready: list[Literal["mqtt", "hstream", "dead_letters", "pipeline"]] = []
+    buffer = state.get("buffer")
+    disk = isinstance(buffer, dict)
+    # With a disk buffer, HStreamDB and the dead-letter stream can be down: records wait on disk.
+    accepting = buffer.get("accepting") is True if isinstance(buffer, dict) else True
+    needed = mqtt and pipeline and (accepting if disk else hstream and dead_letters)
+    is_ready = state.get("ready") is True and needed
+    not_ready: list[Literal["mqtt", "hstream", "dead_letters", "pipeline", "buffer"]] = []
     if not mqtt:
         not_ready.append("mqtt")
-    if not hstream:
+    if not hstream and not disk:
         not_ready.append("hstream")
-    if not dead_letters:
+    if not dead_letters and not disk:
         not_ready.append("dead_letters")
     if not pipeline:
         not_ready.append("pipeline")
+    if not accepting:
+        not_ready.append("buffer")
     error = state.get("failed") or state.get("dead_letters_error")
     body = Readiness(
         ready=is_ready,
@@ -74,6 +81,7 @@ async def ready(bridge: BridgeDep) -> JSONResponse:
         hstream=hstream,
         dead_letters=dead_letters,
         pipeline=pipeline,
+        buffer=buffer if isinstance(buffer, dict) else None,
         not_ready=not_ready,
         error=str(error) if error else None,
     )
