@@ -28,15 +28,16 @@ and created again.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,28 @@ class StoreClosed(RuntimeError):
 
 _Row = tuple[int, int, int, int, bytes]
 _Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _completes(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """A metadata change runs to its end even when its caller is cancelled (a client that goes
+    away mid-call): the commit and the in-memory state after it must not part ways (a stream
+    committed but unknown in memory could never be created or found again)."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        task = asyncio.ensure_future(method(*args, **kwargs))
+        _RUNNING.add(task)
+        task.add_done_callback(_RUNNING.discard)
+        return await asyncio.shield(task)
+
+    return wrapper
+
+
+_RUNNING: set["asyncio.Future[Any]"] = set()
 
 
 class Engine:
@@ -452,6 +475,7 @@ class Engine:
 
     # ------------------------------------------------------------------ metadata
 
+    @_completes
     async def create_stream(
         self, meta: StreamMeta, ranges: Iterable[tuple[int, int]]
     ) -> list[ShardMeta]:
@@ -490,6 +514,7 @@ class Engine:
             (s for s in self.shards.values() if s.stream == stream), key=lambda s: s.start
         )
 
+    @_completes
     async def delete_stream(self, name: str) -> None:
         """Delete a stream, its shards and batches, and the subscriptions on it."""
         shard_ids = [s.shard_id for s in self.stream_shards(name)]
@@ -537,6 +562,7 @@ class Engine:
 
         await self._run_op(op)
 
+    @_completes
     async def create_subscription(self, meta: SubscriptionMeta, start: dict[int, int]) -> None:
         """Store a subscription that starts after batch `start[shard_id]` on each shard."""
 
