@@ -33,7 +33,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +166,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _completes(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _completes(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """A metadata change runs to its end even when its caller is cancelled (a client that goes
     away mid-call): the commit and the in-memory state after it must not part ways (a stream
     committed but unknown in memory could never be created or found again)."""
