@@ -26,7 +26,7 @@ from typing import Any
 
 from bridge.accumulator import MESSAGE_OVERHEAD, Accumulator, Delivery, Item
 from bridge.api import RuleConflict, RuleMissing, is_loopback, parse_listen, serve_api
-from bridge.buffer import DiskBuffer, Entry, Forwarder
+from bridge.buffer import DiskBuffer, Forwarder
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamNotFound
 from bridge.hstream.errors import StreamExists as StreamExistsError
@@ -400,9 +400,7 @@ class Bridge:
             for out in outputs:
                 if out.reason is not None:
                     self.metrics.observe_dead_letter(out.rule_id, out.reason)
-            durable = self.disk.add(
-                [Entry(out.stream, out.rule_id, out.key, out.data) for out in outputs]
-            )
+            durable = self.disk.add(outputs)
             return durable if message.qos else None
         delivery = Delivery(len(outputs), self._loop) if message.qos else None
         # A QoS 1/2 message stays in memory until acknowledged; a QoS 0 one is gone now.

@@ -23,18 +23,19 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.backoff import backoff_delay
 from bridge.buffer import log
-from bridge.buffer.log import Entry, Stored
+from bridge.buffer.log import Bufferable, Stored
 
 logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 << 20
 READ_BYTES = 4 << 20
+TAIL_BYTES = 16 << 20
 LEDGER_INTERVAL = 0.1
 RESUME_BELOW = 0.9  # of the limit
 
@@ -73,8 +74,14 @@ class DiskBuffer:
         self._forwarded_to = 0  # contiguous prefix forwarded (ledger catches up with it)
         self._done: set[int] = set()
         self._pending: list[bytes] = []
+        self._pending_stored: list[Stored] = []  # the same records, for the in-memory tail
         self._pending_first = 0  # seq of _pending[0]
+        # Durable records the forwarder has not taken yet, kept in memory (up to TAIL_BYTES)
+        # so that a forwarder that keeps up never reads them back from disk.
+        self._tail: deque[Stored] = deque()
+        self._tail_bytes = 0
         self._pending_futures: list[asyncio.Future[None]] = []
+        self._group: asyncio.Future[None] | None = None  # the future of what is pending
         self._pending_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._ledger_task: asyncio.Task[None] | None = None
@@ -131,6 +138,9 @@ class DiskBuffer:
         result = log.scan(self.directory)
         self.corrupt, self.truncated = result.corrupt, result.truncated
         committed = min(log.read_ledger(self.directory), result.last_seq)
+        if result.segments:
+            # Segments are deleted only once forwarded, possibly before the ledger said so.
+            committed = max(committed, result.segments[0].first_seq - 1)
         self.committed_seq = self._forwarded_to = committed
         kept = {info.path for info in result.segments if info.last_seq > committed}
         for path in log.segments(self.directory):
@@ -176,22 +186,32 @@ class DiskBuffer:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def add(self, entries: list[Entry]) -> "asyncio.Future[None]":
-        """Queue entries for the disk; the future resolves once they are durable."""
+    def add(self, entries: Sequence[Bufferable]) -> "asyncio.Future[None]":
+        """Queue entries for the disk; the future resolves once they are durable (it is shared
+        by every add that the same write takes)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
         if not entries:
-            future.set_result(None)
-            return future
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
         now_ms = int(time.time() * 1000)
         if not self._pending:
             self._pending_first = self._next_seq
+            # One future for everything that the next write takes (group commit).
+            self._group = loop.create_future()
+            self._pending_futures.append(self._group)
+        future = self._group
+        assert future is not None
         for entry in entries:
-            blob = log.encode(self._next_seq, now_ms, entry)
-            self._next_seq += 1
+            seq = self._next_seq
+            blob = log.encode(seq, now_ms, entry)
+            self._next_seq = seq + 1
+            size = len(blob)
             self._pending.append(blob)
-            self._pending_bytes += len(blob)
-        self._pending_futures.append(future)
+            self._pending_stored.append(
+                Stored(seq, now_ms, entry.stream, entry.rule_id, entry.key, entry.data, size)
+            )
+            self._pending_bytes += size
         if not self.full and self.bytes_on_disk + self._pending_bytes >= self.limit_bytes:
             self._set_full(True, f"the disk buffer holds its limit of {self.limit_bytes} bytes")
         if self._writer is None or self._writer.done():
@@ -213,8 +233,10 @@ class DiskBuffer:
         attempt = 0
         while self._pending:
             blobs, futures = self._pending, self._pending_futures
+            stored = self._pending_stored
             first, size = self._pending_first, self._pending_bytes
             self._pending, self._pending_futures, self._pending_bytes = [], [], 0
+            self._pending_stored = []
             self._pending_first = self._next_seq
             self._writing = True
             try:
@@ -223,6 +245,7 @@ class DiskBuffer:
                 # Not written (cut back to where it was): keep the records, ahead of newer ones,
                 # and try again; their messages stay unacknowledged meanwhile.
                 self._pending = blobs + self._pending
+                self._pending_stored = stored + self._pending_stored
                 self._pending_futures = futures + self._pending_futures
                 self._pending_bytes += size
                 self._pending_first = first
@@ -246,6 +269,10 @@ class DiskBuffer:
             current.last_seq = last
             self._times.append((last, int(time.time() * 1000)))
             self.durable_seq = last
+            self._tail.extend(stored)
+            self._tail_bytes += size
+            while self._tail_bytes > TAIL_BYTES and self._tail:
+                self._tail_bytes -= self._tail.popleft().size  # read from disk when needed
             self.written_total += len(blobs)
             self.fsyncs_total += 1
             self._durable.set()
@@ -306,6 +333,18 @@ class DiskBuffer:
     async def read(self, after_seq: int, max_bytes: int = READ_BYTES) -> list[Stored]:
         """Durable records after `after_seq`, in order, about `max_bytes` at most. Sequence
         numbers missing from the result's run were lost to corruption (see `corrupt`)."""
+        tail = self._tail
+        while tail and tail[0].seq <= after_seq:
+            self._tail_bytes -= tail.popleft().size
+        if tail and tail[0].seq == after_seq + 1:
+            out: list[Stored] = []
+            total = 0
+            while tail and total < max_bytes:
+                record = tail.popleft()
+                total += record.size
+                out.append(record)
+            self._tail_bytes -= total
+            return out
         durable = self.durable_seq
         for segment in list(self._segments):
             if segment.last_seq <= after_seq:
@@ -345,15 +384,39 @@ class DiskBuffer:
             )
 
     async def _commit(self) -> None:
-        """Write the ledger (at most every `ledger_interval`) and delete forwarded segments."""
-        await asyncio.sleep(self.ledger_interval)
-        seq = self._forwarded_to
-        if seq <= self.committed_seq:
+        """Delete forwarded segments and write the ledger (at most every `ledger_interval`).
+
+        Segments go first: their records are stored, so losing the ledger update in a crash
+        costs nothing (a restart starts at the first segment left), and on a full disk that is
+        what makes room, for the ledger too. A failed ledger write is retried.
+        """
+        attempt = 0
+        while True:
+            await asyncio.sleep(
+                self.ledger_interval if attempt == 0 else backoff_delay(attempt, 0.1, 2.0)
+            )
+            seq = self._forwarded_to
+            if seq <= self.committed_seq:
+                return
+            while self._times and self._times[0][0] <= seq:
+                self._times.popleft()
+            await self._delete_forwarded(seq)
+            try:
+                await asyncio.to_thread(log.write_ledger, self.directory, seq)
+            except OSError as exc:
+                logger.warning("disk buffer: writing the ledger failed (%s); retrying", exc)
+                attempt += 1
+                continue
+            self.committed_seq = seq
+            if (
+                self.full
+                and not self.disk_error
+                and self.bytes_on_disk < self.limit_bytes * RESUME_BELOW
+            ):
+                self._set_full(False)
             return
-        await asyncio.to_thread(log.write_ledger, self.directory, seq)
-        self.committed_seq = seq
-        while self._times and self._times[0][0] <= seq:
-            self._times.popleft()
+
+    async def _delete_forwarded(self, seq: int) -> None:
         gone = []
         while len(self._segments) > 1 and self._segments[0].last_seq <= seq:
             gone.append(self._segments.popleft().path)
@@ -370,12 +433,6 @@ class DiskBuffer:
             gone.append(self._segments.popleft().path)
         if gone:
             await asyncio.to_thread(_unlink, gone)
-        if (
-            self.full
-            and not self.disk_error
-            and self.bytes_on_disk < self.limit_bytes * (RESUME_BELOW)
-        ):
-            self._set_full(False)
 
 
 def _unlink(paths: list[Path]) -> None:

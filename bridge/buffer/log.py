@@ -10,8 +10,8 @@ A record on disk (little-endian):
     crc32    4  of seq and body
     seq      8  sequence number, +1 per record, never reused
     time     8  when it was written, ms since the epoch (for the oldest record's age)
-    body        stream (u16 length + UTF-8), rule id (u16 + UTF-8), partition key (u32 + UTF-8),
-                then the encoded HStreamRecord to the end
+    lengths  8  of the stream name (u16), rule id (u16) and partition key (u32), in UTF-8
+    body        stream name, rule id, partition key, then the encoded HStreamRecord to the end
 
 Segments are `<first seq, 20 digits>.seg` under the buffer directory; a new one starts when the
 current one passes `segment_bytes`. The ledger (`ledger`, 8-byte seq + crc32, replaced
@@ -31,12 +31,13 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"HBR1"
 _HEAD = struct.Struct("<4sII")  # magic, length, crc32
-_META = struct.Struct("<QQ")  # seq, time (ms)
+_FIELDS = struct.Struct("<QQHHI")  # seq, time (ms), stream, rule id and key lengths
 HEAD_SIZE = _HEAD.size
 MAX_RECORD = 64 << 20  # a length beyond this is corruption, not a record
 SUFFIX = ".seg"
@@ -44,19 +45,33 @@ LEDGER = "ledger"
 _LEDGER = struct.Struct("<QI")
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One record in the buffer: where it goes and the encoded record."""
+class Bufferable(Protocol):
+    """One record for the buffer: where it goes and the encoded record (the router's Output
+    is one, and so is Entry)."""
 
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def rule_id(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+
+class Entry(NamedTuple):
     stream: str
     rule_id: str
     key: str
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stored:
-    """An entry as read back from a segment."""
+    """An entry as written (kept in memory) or read back from a segment."""
 
     seq: int
     written_ms: int
@@ -67,18 +82,15 @@ class Stored:
     size: int  # bytes on disk
 
 
-def encode(seq: int, written_ms: int, entry: Entry) -> bytes:
+def encode(seq: int, written_ms: int, entry: Bufferable) -> bytes:
     stream = entry.stream.encode()
     rule = entry.rule_id.encode()
     key = entry.key.encode()
     payload = b"".join(
         (
-            _META.pack(seq, written_ms),
-            struct.pack("<H", len(stream)),
+            _FIELDS.pack(seq, written_ms, len(stream), len(rule), len(key)),
             stream,
-            struct.pack("<H", len(rule)),
             rule,
-            struct.pack("<I", len(key)),
             key,
             entry.data,
         )
@@ -87,17 +99,14 @@ def encode(seq: int, written_ms: int, entry: Entry) -> bytes:
 
 
 def _decode(payload: bytes, size: int) -> Stored:
-    seq, written_ms = _META.unpack_from(payload, 0)
-    pos = _META.size
-    (n,) = struct.unpack_from("<H", payload, pos)
-    stream = payload[pos + 2 : pos + 2 + n].decode()
-    pos += 2 + n
-    (n,) = struct.unpack_from("<H", payload, pos)
-    rule = payload[pos + 2 : pos + 2 + n].decode()
-    pos += 2 + n
-    (n,) = struct.unpack_from("<I", payload, pos)
-    key = payload[pos + 4 : pos + 4 + n].decode()
-    pos += 4 + n
+    seq, written_ms, stream_n, rule_n, key_n = _FIELDS.unpack_from(payload, 0)
+    pos = _FIELDS.size
+    stream = payload[pos : pos + stream_n].decode()
+    pos += stream_n
+    rule = payload[pos : pos + rule_n].decode()
+    pos += rule_n
+    key = payload[pos : pos + key_n].decode()
+    pos += key_n
     return Stored(seq, written_ms, stream, rule, key, payload[pos:], size)
 
 
@@ -107,7 +116,7 @@ def _record_at(data: bytes, offset: int) -> tuple[Stored | None, int]:
         return None, 0
     magic, length, crc = _HEAD.unpack_from(data, offset)
     end = offset + HEAD_SIZE + length
-    if magic != MAGIC or length < _META.size + 8 or length > MAX_RECORD or end > len(data):
+    if magic != MAGIC or length < _FIELDS.size or length > MAX_RECORD or end > len(data):
         return None, 0
     payload = data[offset + HEAD_SIZE : end]
     if zlib.crc32(payload) != crc:
