@@ -2,7 +2,9 @@
 
 Each is a subprocess with its output in a log file, a `stored()` count read while it runs
 (the bridge's `/metrics`, the reference's `stored N` lines) and a `stop()` that ends it with
-SIGTERM (SIGKILL after a bound). Optionally the bridge runs under cProfile or py-spy.
+SIGTERM (SIGKILL after a bound). Optionally the bridge runs under cProfile or py-spy, and with
+`--buffer disk` (its buffer under its own data dir in the cell's directory; `stored()` still
+counts records HStreamDB confirmed, i.e. what the forwarder got stored, not what is on disk).
 """
 
 import asyncio
@@ -27,6 +29,8 @@ PROBLEM_METRICS = (
     "hstream_bridge_records_dropped_total",
     "hstream_bridge_records_dead_lettered_total",
 )
+DISK_WRITTEN_METRIC = "hstream_bridge_disk_buffer_written_records_total"
+DISK_FSYNCS_METRIC = "hstream_bridge_disk_buffer_fsyncs_total"
 
 
 def rules_toml(payload: str) -> str:
@@ -137,8 +141,10 @@ class BridgeTarget(Target):
         payload: str = "raw",
         extra_args: list[str] | None = None,
         cprofile: Path | None = None,
+        buffer: str = "memory",
     ) -> None:
         super().__init__(workdir)
+        self.buffer = buffer
         self.api_port = free_port()
         self.config = workdir / "rules.toml"
         self.command = [
@@ -150,6 +156,7 @@ class BridgeTarget(Target):
             "--client-id", "bench-bridge",
             "--config", str(self.config),
             "--log-level", "warning",
+            "--buffer", buffer,
             *(extra_args or []),
         ]  # fmt: skip
         self.payload = payload
@@ -214,6 +221,11 @@ class BridgeTarget(Target):
             f"append {append_s / max(append_n, 1) * 1000:.1f} ms, "
             f"receive-to-stored {e2e_s / max(e2e_n, 1) * 1000:.1f} ms (means)"
         )
+
+    async def disk_counters(self) -> tuple[int, int]:
+        """(records written to the disk buffer, its fsyncs) so far; (0, 0) in memory mode."""
+        text = await self.metrics()
+        return int(metric_sum(text, DISK_WRITTEN_METRIC)), int(metric_sum(text, DISK_FSYNCS_METRIC))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -1,8 +1,9 @@
 """End-to-end benchmark: publishers -> Mosquitto -> X -> the embedded store, side by side.
 
-    .venv/bin/python -m bench.pipeline                       # all cells, 200,000 messages each
+    .venv/bin/python -m bench.pipeline                       # default cells, 200,000 messages each
     .venv/bin/python -m bench.pipeline --quick               # smoke run, 20,000 messages
     .venv/bin/python -m bench.pipeline --cells bridge --profile py-spy
+    .venv/bin/python -m bench.pipeline --cells bridge,bridge-disk,latency,latency-disk
 
 Every cell gets a fresh Mosquitto (own config, free 127.0.0.1 port, no in-flight or queue
 limits) and, where records are stored, a fresh store subprocess
@@ -17,6 +18,16 @@ limits) and, where records are stored, a fresh store subprocess
 - reference: `bench/reference_bridge.py`, paho-mqtt + the official client's BufferedProducer,
   which acks before the store confirms (at-most-once).
 - latency: the bridge again, with publishers paced at half the bridge's measured peak.
+- bridge-disk, latency-disk (not in the default run): the bridge and latency cells again with
+  `--buffer disk`: each message is acknowledged once its record is fsync'd to the bridge's
+  buffer (under its data dir, in the same temporary directory as the memory-mode cells' and so
+  on the same disk), and a forwarder appends it to the store. latency-disk is paced at half of
+  bridge-disk's peak (half of bridge's when bridge-disk did not run). "Stored" still means in
+  the store: rates and latencies come from the records read back from it. The disk buffer's
+  fsyncs and records written are scraped from the bridge's /metrics
+  (hstream_bridge_disk_buffer_*) before the publishers start and after the last record is
+  stored; fsyncs/s is over the same span as msg/s. The ratios compare bridge-disk with bridge
+  of the same run (target: >= 0.8x the msg/s).
 
 msg/s is N / (last record's store time - first publish time); publish-to-stored latency is the
 store's `publish_time` (stamped at append, ms) minus the payload's timestamp, over every record
@@ -53,7 +64,10 @@ from tests.support.mosquitto import Mosquitto, find_mosquitto
 from tests.support.store import StoreProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL_CELLS = ("ceiling", "bridge", "bridge-json", "reference", "latency")
+DEFAULT_CELLS = ("ceiling", "bridge", "bridge-json", "reference", "latency")
+ALL_CELLS = (*DEFAULT_CELLS, "bridge-disk", "latency-disk")
+PROFILED_CELLS = ("bridge", "bridge-json", "bridge-disk")
+DISK_TARGET = 0.8  # bridge-disk msg/s at least this share of bridge's
 STREAM = "bench"
 TIMELINE_STEP = 0.1  # seconds per row of --timeline
 # Mosquitto's test config already lifts the in-flight and queue limits; say so explicitly here
@@ -77,10 +91,24 @@ class CellResult:
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
     buffered: dict[int, tuple[int, bool]] = field(default_factory=dict)  # step -> bridge gauges
     error: str = ""
+    cell: str = ""  # the --cells name
+    span: float = 0.0  # seconds from the first publish to the last record stored
+    rate_target: float = 0.0  # msg/s the publishers were paced at (0: as fast as they can)
+    disk: bool = False  # the bridge ran with --buffer disk
+    written: int = 0  # records written to the disk buffer during the cell
+    fsyncs: int = 0  # the disk buffer's fsyncs during the cell
 
     @property
     def cpu_per_1k(self) -> float:
         return self.cpu / self.messages * 1000 if self.messages else 0.0
+
+    @property
+    def fsync_rate(self) -> float:
+        return self.fsyncs / self.span if self.span else 0.0
+
+    @property
+    def per_fsync(self) -> float:
+        return self.written / self.fsyncs if self.fsyncs else 0.0
 
 
 @dataclass(slots=True)
@@ -89,6 +117,7 @@ class Context:
     workdir: Path
     profiles: list[str] = field(default_factory=list)
     bridge_peak: float = 0.0
+    bridge_disk_peak: float = 0.0
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -142,6 +171,7 @@ def summarise(result: CellResult, rows: list[tuple[float, float, int]], start: f
     if not rows:
         return
     end = max(stored_at for stored_at, _, _ in rows)
+    result.span = max(0.0, end - start)
     result.rate = len(seqs) / (end - start) if end > start else 0.0
     latencies = sorted(stored_at - ts for stored_at, ts, _ in rows)
     result.p50, result.p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
@@ -266,6 +296,10 @@ async def store_cell(
                 pids |= {"store": store.pid or 0}
                 pids |= {f"publisher{i}": pid for i, pid in enumerate(pool.pids)}
                 watch = Watch(pids)
+                disk = isinstance(target, BridgeTarget) and target.buffer == "disk"
+                disk_before = (0, 0)
+                if isinstance(target, BridgeTarget) and disk:
+                    disk_before = await target.disk_counters()  # the warm-up's write excluded
                 if profile and ctx.args.profile == "py-spy":
                     spy = PySpy(target.pid, RESULTS / f"{cell}.folded")
                     spy.start()
@@ -284,6 +318,11 @@ async def store_cell(
                 if problems:
                     result.notes.append(f"bridge metrics: {problems}")
                 result.notes.append(await target.batching())
+                if disk:
+                    written, fsyncs = await target.disk_counters()
+                    result.disk = True
+                    result.written = written - disk_before[0]
+                    result.fsyncs = fsyncs - disk_before[1]
             if isinstance(target, ReferenceTarget) and target.failed:
                 result.notes.append(f"{target.failed} records failed to append")
         finally:
@@ -297,6 +336,11 @@ async def store_cell(
                 result.notes.append(f'producer logged "Empty payloads, ignored." {empty} times')
         rows = await read_back(store)
     summarise(result, rows, load.start)
+    if result.disk:
+        result.notes.append(
+            f"disk buffer: {result.fsyncs:,} fsyncs, {result.fsync_rate:,.0f}/s, "
+            f"{result.per_fsync:.1f} records per fsync"
+        )
     if isinstance(target, BridgeTarget):
         for at, queued, paused in target.samples:
             if at >= load.start:
@@ -327,14 +371,14 @@ def report_profile(ctx: Context, cell: str, target: Target) -> None:
 
 
 def bridge_factory(
-    ctx: Context, payload: str, cell: str, profile: bool
+    ctx: Context, payload: str, cell: str, profile: bool, buffer: str = "memory"
 ) -> Callable[[Path, Mosquitto, StoreProcess], Target]:
     def make(workdir: Path, broker: Mosquitto, store: StoreProcess) -> Target:
         cprofiled = profile and ctx.args.profile == "cprofile"
         cprofile = RESULTS / f"{cell}.pstats" if cprofiled else None
         return BridgeTarget(
             workdir, mqtt_url=broker.url, hstream_url=store.url, payload=payload,
-            extra_args=shlex.split(ctx.args.bridge_args), cprofile=cprofile,
+            extra_args=shlex.split(ctx.args.bridge_args), cprofile=cprofile, buffer=buffer,
         )  # fmt: skip
 
     return make
@@ -353,7 +397,7 @@ def reference_factory(ctx: Context) -> Callable[[Path, Mosquitto, StoreProcess],
 
 async def run_cell(ctx: Context, cell: str) -> CellResult:
     args = ctx.args
-    profile = args.profile is not None and cell in ("bridge", "bridge-json")
+    profile = args.profile is not None and cell in PROFILED_CELLS
     if cell == "ceiling":
         return await ceiling_cell(ctx)
     if cell in ("bridge", "bridge-json"):
@@ -365,6 +409,15 @@ async def run_cell(ctx: Context, cell: str) -> CellResult:
         if cell == "bridge" and not result.error:
             ctx.bridge_peak = result.rate
         return result
+    if cell == "bridge-disk":
+        result = await store_cell(
+            ctx, cell, "bridge, payload raw, --buffer disk",
+            bridge_factory(ctx, "raw", cell, profile, buffer="disk"),
+            messages=args.messages, profile=profile,
+        )  # fmt: skip
+        if not result.error:
+            ctx.bridge_disk_peak = result.rate
+        return result
     if cell == "reference":
         result = await store_cell(
             ctx, cell, "reference: paho + hstreamdb BufferedProducer", reference_factory(ctx),
@@ -372,15 +425,20 @@ async def run_cell(ctx: Context, cell: str) -> CellResult:
         )  # fmt: skip
         result.notes.append("acks before stored: at-most-once")
         return result
-    if cell == "latency":
-        rate = args.latency_rate or ctx.bridge_peak * 0.5
+    if cell in ("latency", "latency-disk"):
+        disk = cell == "latency-disk"
+        peak = (ctx.bridge_disk_peak or ctx.bridge_peak) if disk else ctx.bridge_peak
+        rate = args.latency_rate or peak * 0.5
         if rate <= 0:
-            raise RuntimeError("latency cell needs the bridge cell first, or --latency-rate")
+            raise RuntimeError(f"{cell} cell needs the bridge cell first, or --latency-rate")
         messages = max(1, int(rate * args.latency_seconds))
+        mode = ", --buffer disk" if disk else ""
         result = await store_cell(
-            ctx, cell, f"bridge, payload raw, paced at {rate:,.0f} msg/s",
-            bridge_factory(ctx, "raw", cell, False), messages=messages, rate=rate,
+            ctx, cell, f"bridge, payload raw{mode}, paced at {rate:,.0f} msg/s",
+            bridge_factory(ctx, "raw", cell, False, buffer="disk" if disk else "memory"),
+            messages=messages, rate=rate,
         )  # fmt: skip
+        result.rate_target = rate
         budget = linger(args) + 0.050
         verdict = "met" if result.p99 < budget else "MISSED"
         result.notes.append(f"target p99 < linger + 50 ms = {budget * 1000:.0f} ms: {verdict}")
@@ -454,7 +512,44 @@ def ratios(results: list[CellResult]) -> str:
                     "- reference / bridge CPU per 1k msgs: "
                     f"{reference.cpu_per_1k / bridge.cpu_per_1k:.2f}"
                 )
+    out += disk_ratios(results)
     return "\n".join(out)
+
+
+def disk_ratios(results: list[CellResult]) -> list[str]:
+    """--buffer disk against memory mode, cells of this run only."""
+    cells = {r.cell: r for r in results if not r.error}
+    memory, disk = cells.get("bridge"), cells.get("bridge-disk")
+    out = []
+    if memory is not None and disk is not None and memory.rate:
+        share = disk.rate / memory.rate
+        verdict = "met" if share >= DISK_TARGET else "MISSED"
+        out.append(
+            f"- bridge-disk / bridge msg/s: {share:.2f} ({disk.rate:,.0f} / {memory.rate:,.0f}; "
+            f"target >= {DISK_TARGET}: {verdict})"
+        )
+        if memory.cpu_per_1k:
+            out.append(
+                f"- bridge-disk / bridge CPU per 1k msgs: {disk.cpu_per_1k / memory.cpu_per_1k:.2f}"
+                f" ({disk.cpu_per_1k:.3f} / {memory.cpu_per_1k:.3f} s)"
+            )
+    out += [
+        f"- disk buffer in {r.cell}: {r.fsyncs:,} fsyncs for {r.written:,} records, "
+        f"{r.fsync_rate:,.0f} fsyncs/s, {r.per_fsync:.1f} records per fsync"
+        for r in results
+        if r.disk and not r.error
+    ]
+    paced = [cells[c] for c in ("latency", "latency-disk") if c in cells]
+    if paced:
+        out.append(
+            "- p99 publish-to-stored at half peak: "
+            + "; ".join(
+                f"{'disk' if r.disk else 'memory'} {r.p99 * 1000:,.1f} ms "
+                f"(p50 {r.p50 * 1000:,.1f} ms) at {r.rate_target:,.0f} msg/s"
+                for r in paced
+            )
+        )
+    return out
 
 
 def timelines(results: list[CellResult]) -> str:
@@ -517,7 +612,7 @@ def render(ctx: Context, results: list[CellResult], started_load: str) -> str:
         f"{args.shards} shard(s); bridge args: `{args.bridge_args or '(defaults)'}`; reference: "
         f"size_trigger {args.size_trigger} B, time_trigger {args.time_trigger} s, "
         f"{args.shards} worker(s).",
-        "Saturated cells (all but the paced one): publishers outrun X, so their latency is mostly "
+        "Saturated cells (all but the paced ones): publishers outrun X, so their latency is mostly "
         "time queued in the broker or in X's buffer, not X's own speed.",
         "",
         f"Reproduce: `{command}`",
@@ -541,7 +636,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--publisher-client", choices=["gmqtt", "paho"], default="gmqtt")
     parser.add_argument("--window", type=int, default=1000, help="in-flight per publisher")
-    parser.add_argument("--cells", default=",".join(ALL_CELLS), help="comma-separated cells")
+    parser.add_argument(
+        "--cells",
+        default=",".join(DEFAULT_CELLS),
+        help=f"comma-separated cells, of: {', '.join(ALL_CELLS)} "
+        f"(default: {', '.join(DEFAULT_CELLS)})",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 messages")
     parser.add_argument("--shards", type=int, default=1, help="shards of the stream")
     parser.add_argument("--bridge-args", default="", help="extra flags for `bridge run`")
@@ -551,7 +651,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--latency-rate",
         type=float,
         default=0.0,
-        help="msg/s of the latency cell (default: half the bridge cell's msg/s)",
+        help="msg/s of the latency cells (default: half the msg/s of bridge, for latency-disk "
+        "of bridge-disk)",
     )
     parser.add_argument("--latency-seconds", type=float, default=5.0)
     parser.add_argument("--cell-timeout", type=float, default=300.0, help="hard limit per cell")
@@ -562,7 +663,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="give up when publishing is over and nothing was stored for this long",
     )
     parser.add_argument("--profile", choices=["py-spy", "cprofile"], default=None,
-                        help="profile the bridge in the bridge cells")  # fmt: skip
+                        help="profile the bridge in the bridge, bridge-json and bridge-disk "
+                        "cells")  # fmt: skip
     parser.add_argument("--timeline", action="store_true",
                         help="add published/stored counts per 100 ms for each cell")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS / "pipeline.md")
@@ -593,6 +695,7 @@ async def run(args: argparse.Namespace) -> int:
             except Exception as exc:
                 traceback.print_exc()
                 result = CellResult(cell, args.messages, error=f"{type(exc).__name__}: {exc}")
+            result.cell = cell
             took = time.monotonic() - t0
             print(f"   {cell}: {result.rate:,.0f} msg/s, {took:.0f} s"
                   + (f" FAILED {result.error}" if result.error else ""),

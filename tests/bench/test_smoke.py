@@ -26,7 +26,7 @@ def test_pipeline_benchmark_stores_every_message_in_each_cell(tmp_path: Path) ->
     result = run(
         "bench.pipeline",
         "--messages", "2000",
-        "--cells", "bridge,reference,latency",
+        "--cells", "bridge,bridge-disk,reference,latency,latency-disk",
         "--latency-seconds", "1",
         "--cell-timeout", "120",
         "--output", str(output),
@@ -37,6 +37,15 @@ def test_pipeline_benchmark_stores_every_message_in_each_cell(tmp_path: Path) ->
     assert "2,000/2,000" in bridge_row
     assert "| reference" in table
     assert "paced at" in table
+    rows = table.splitlines()
+    disk_row = next(
+        line for line in rows if line.startswith("| bridge, payload raw, --buffer disk |")
+    )
+    assert "2,000/2,000" in disk_row
+    assert "fsyncs" in disk_row  # the disk buffer's counters were scraped
+    assert any(line.startswith("| bridge, payload raw, --buffer disk, paced at") for line in rows)
+    assert "bridge-disk / bridge msg/s" in table
+    assert "p99 publish-to-stored at half peak: memory" in table
 
 
 def test_append_benchmark_runs_ours_and_the_official_client(tmp_path: Path) -> None:
