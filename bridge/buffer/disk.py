@@ -351,20 +351,23 @@ class DiskBuffer:
                 continue
             path, offset, seq = self._cursor
             start = offset if path == segment.path and seq == after_seq else 0
-            records, end, notes = await asyncio.to_thread(
-                log.read_from, segment.path, start, segment.size, after_seq, durable, max_bytes
-            )
-            for note in notes:
-                if note not in self.corrupt:
-                    self.corrupt.append(note)
-                    logger.error("disk buffer: corrupt records in %s", note)
-            if records:
-                self._cursor = (segment.path, end, records[-1].seq)
-                return records
-            if end >= segment.size and segment.last_seq <= durable:
-                after_seq = segment.last_seq  # nothing readable left in this segment
-                continue
-            return []
+            while start < segment.size:
+                # Without a cursor (after a restart, or when the in-memory tail overflowed) the
+                # segment is scanned from its start, window by window, to `after_seq`.
+                records, end, notes = await asyncio.to_thread(
+                    log.read_from, segment.path, start, segment.size, after_seq, durable, max_bytes
+                )
+                for note in notes:
+                    if note not in self.corrupt:
+                        self.corrupt.append(note)
+                        logger.error("disk buffer: corrupt records in %s", note)
+                if records:
+                    self._cursor = (segment.path, end, records[-1].seq)
+                    return records
+                if end <= start:
+                    return []  # nothing more is durable in this segment yet
+                start = end
+            after_seq = max(after_seq, segment.last_seq)  # nothing readable left in it
         return []
 
     def forwarded(self, seq: int) -> None:

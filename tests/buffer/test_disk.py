@@ -24,7 +24,7 @@ def accepting(buffer: DiskBuffer) -> bool:
 async def read_all(buffer: DiskBuffer, after: int = 0) -> list[int]:
     out: list[int] = []
     while True:
-        records = await buffer.read(after, 4096)
+        records = await buffer.read(after, 2048)
         if not records:
             return out
         out.extend(int(r.data[:8]) for r in records)
@@ -192,3 +192,20 @@ async def test_a_failed_write_is_cut_back_retried_and_never_resolved_early(
     assert again.truncated == 0
     assert await read_all(again) == [0, 1, 2, 3]
     await again.aclose()
+
+
+async def test_a_forwarder_that_fell_behind_the_memory_tail_reads_on_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.buffer import disk
+
+    buffer = DiskBuffer(tmp_path, limit_bytes=1 << 24)
+    await buffer.open()
+    await write(buffer, range(300))
+    assert len(await buffer.read(0, 1 << 20)) == 300  # served from memory, no file cursor
+    monkeypatch.setattr(disk, "TAIL_BYTES", 10_000)  # the forwarder falls far behind
+    for start in range(300, 1300, 100):
+        await write(buffer, range(start, start + 100))
+    # Far into the segment with no cursor: it must scan on, window by window, not stop.
+    assert await read_all(buffer, after=300) == list(range(300, 1300))
+    await buffer.aclose()
