@@ -85,10 +85,11 @@ class Plan:
     rate: float | None
     window: int
     timeout: float
+    first_seq: int = 0
 
     def seq(self, k: int) -> int:
-        """Sequence numbers index, index + publishers, ...: unique across processes."""
-        return self.index + k * self.publishers
+        """Sequence numbers first_seq + index, + publishers, ...: unique across processes."""
+        return self.first_seq + self.index + k * self.publishers
 
 
 def _publisher_main(plan: Plan, ready: Any, go: MpEvent, results: Any) -> None:
@@ -260,6 +261,7 @@ class PublisherPool:
         window: int = 1000,
         timeout: float = 300.0,
         client: str = "gmqtt",
+        first_seq: int = 0,
     ) -> None:
         self.messages = messages
         self.timeout = timeout
@@ -269,7 +271,7 @@ class PublisherPool:
         share = [messages // publishers + (i < messages % publishers) for i in range(publishers)]
         each_rate = None if rate is None else rate / publishers
         plans = [
-            Plan(i, host, port, publishers, share[i], each_rate, window, timeout)
+            Plan(i, host, port, publishers, share[i], each_rate, window, timeout, first_seq)
             for i in range(publishers)
         ]
         self._processes = [
