@@ -266,7 +266,7 @@ def test_no_parser_accepts_abbreviated_flags() -> None:
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
-        (["run", "--buffer", "5"], "--buffer"),
+        (["run", "--buffer-d", "5"], "--buffer-d"),  # of --buffer-disk-bytes
         (["run", "--api-list", "127.0.0.1:0"], "--api-list"),
         (["store", "--list", "127.0.0.1:0"], "--list"),
         (["store", "--data", "elsewhere"], "--data"),
