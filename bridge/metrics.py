@@ -42,6 +42,9 @@ With `--buffer disk` only (`bind_disk_buffer`; absent, not 0, in memory mode):
     disk_buffer_forwarded_records_total   records forwarded
     disk_buffer_fsyncs_total              fsync calls of the buffer
 
+`totals()` reads the per-rule counters and the buffer gauges back for the console's
+`GET /stats`, through the families' public `collect()`.
+
 Labels are bounded on purpose: a rule id, a stream name, a reason or an error code from a fixed
 set in the code, never an MQTT topic, a client id or an exception text. One caveat: `stream` is as
 bounded as the rules make it; a stream template over a per-device capture gives one series per
@@ -58,7 +61,8 @@ Gauges that mirror pipeline state (`queuing_*`, `inflight_appends`) are read at 
 """
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Protocol, TypeVar
 
@@ -199,6 +203,29 @@ class DiskBufferStats(Protocol):
     def oldest_age(self) -> float | None:
         """Seconds since the oldest unforwarded record was written; None when empty."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTotals:
+    """One rule's counts since start: messages matched, records stored, records dead-lettered."""
+
+    matched: int = 0
+    stored: int = 0
+    dead_lettered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The counters and gauges an operator's console shows, as read at one moment."""
+
+    rules: Mapping[str, RuleTotals]
+    received: int
+    unmatched: int
+    dropped: int
+    queuing_records: int
+    queuing_bytes: int
+    budget_bytes: int
+    intake_paused: bool
 
 
 def error_code(error: BaseException) -> str:
@@ -526,6 +553,30 @@ class BridgeMetrics:
         else:
             self._disk_buffer.stats = stats
 
+    # --- read back ----------------------------------------------------------------------------
+
+    def totals(self) -> Totals:
+        """Per-rule counts (series of forgotten streams no longer count) and the buffer gauges.
+
+        Costs one pass over the series of the three per-rule families; no per-message work.
+        """
+        self.flush()
+        counts: dict[str, list[int]] = {}
+        families = (self.messages_matched, self.records_success, self.records_dead_lettered)
+        for index, family in enumerate(families):
+            for labels, value in _counter_samples(family):
+                counts.setdefault(labels["rule"], [0, 0, 0])[index] += int(value)
+        return Totals(
+            rules={rule: RuleTotals(*values) for rule, values in counts.items()},
+            received=sum(int(value) for _, value in _counter_samples(self.messages_received)),
+            unmatched=sum(int(value) for _, value in _counter_samples(self.messages_unmatched)),
+            dropped=sum(int(value) for _, value in _counter_samples(self.records_dropped)),
+            queuing_records=int(_gauge_value(self.queuing_records)),
+            queuing_bytes=int(_gauge_value(self.queuing_bytes)),
+            budget_bytes=int(_gauge_value(self.budget_bytes)),
+            intake_paused=_gauge_value(self.intake_paused) > 0,
+        )
+
     # --- exposition ---------------------------------------------------------------------------
 
     def render(self) -> tuple[bytes, str]:
@@ -613,6 +664,21 @@ class _DiskBufferCollector(Collector):
     def describe(self) -> Iterable[Metric]:
         # Names only: the registry refuses a second collector exporting the same ones.
         return [_family(name, counter, text) for name, counter, text in _DISK_BUFFER_FAMILIES]
+
+
+def _counter_samples(family: MetricWrapperBase) -> list[tuple[dict[str, str], float]]:
+    """The `_total` samples of a counter family: (labels, value)."""
+    return [
+        (sample.labels, sample.value)
+        for metric in family.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    ]
+
+
+def _gauge_value(family: MetricWrapperBase) -> float:
+    """The value of an unlabelled gauge (a bound function is called)."""
+    return sum(sample.value for metric in family.collect() for sample in metric.samples)
 
 
 def _family(name: str, counter: bool, text: str, value: float | None = None) -> Metric:

@@ -30,14 +30,15 @@ from bridge.buffer import DiskBuffer, Forwarder
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamNotFound
 from bridge.hstream.errors import StreamExists as StreamExistsError
-from bridge.hstream.records import Compression
+from bridge.hstream.records import Compression, ReceivedRecord
 from bridge.logs import redact_url
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt import Message, MqttError, MqttSettings, MqttSource
 from bridge.router import Output, Router
 from bridge.sender import Sender, SenderConfig
 from bridge.settings import Settings
-from rules import Matcher, Rule, RulesFile, parse_rules
+from bridge.store_address import remove_address, write_address
+from rules import Matcher, Rule, RulesFile, RulesFileError, parse_rules
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,9 @@ class Bridge:
     async def _start(self) -> None:
         settings = self.settings
         self._loop = asyncio.get_running_loop()
+        # Everything that can be checked is checked before anything starts: a bad setting is
+        # one line at once, not an error after the API and the store came up.
+        mqtt_settings = self._mqtt_settings()  # ValueError for what MqttSettings refuses
         if not settings.api_token and not is_loopback(parse_listen(settings.api_listen)[0]):
             raise ValueError(
                 f"refusing to serve the HTTP API on {settings.api_listen} without --api-token"
@@ -168,6 +172,9 @@ class Bridge:
             )
             hstream_url = self.store.url
             logger.info("embedded store listening on %s", self.store.address)
+            # For `hstream-bridge tail` and the other resource commands (bridge/store_address.py).
+            write_address(self.data_dir, hstream_url)
+            self._stack.callback(remove_address, self.data_dir, hstream_url)
         client = HStreamClient(
             hstream_url,
             ca_file=settings.hstream_ca_file,
@@ -221,7 +228,7 @@ class Bridge:
         pruner.add_done_callback(self._task_done)
         self._stack.push_async_callback(_cancel, pruner)
         self.metrics.bind_gauges(self.accumulator, self.sender)
-        source = MqttSource(self._mqtt_settings(), self._on_message)
+        source = MqttSource(mqtt_settings, self._on_message)
         source.on_connection_change = self._on_connection_change  # before the first connect
         source.on_failure = self._fatal
         self.source = await self._stack.enter_async_context(source)
@@ -334,13 +341,36 @@ class Bridge:
         )
 
     def _initial_rules(self) -> list[Rule]:
-        """The rules file wins once it exists; before that, the config's rules seed it."""
+        """The rules file wins once it exists; before that, the config's rules seed it.
+
+        Config rules that differ from the rules file's are ignored, with a warning naming the
+        rules file: an edit of the config's [[rules]] after the first start does nothing.
+        """
         if self.rules_file.path.exists():
-            return self.rules_file.load()
+            stored = self.rules_file.load()
+            if self.settings.rules:
+                self._warn_ignored_config_rules(stored)
+            return stored
         rules = parse_rules(self.settings.rules, "config file [[rules]]")
         if rules:
             self.rules_file.save(rules)
         return rules
+
+    def _warn_ignored_config_rules(self, stored: list[Rule]) -> None:
+        try:
+            configured = parse_rules(self.settings.rules, "config file [[rules]]")
+        except RulesFileError as exc:
+            why = f"invalid: {exc}"
+        else:
+            if [rule.model_dump() for rule in configured] == [r.model_dump() for r in stored]:
+                return
+            why = f"{len(configured)} rules that differ from the rules file's {len(stored)}"
+        logger.warning(
+            "ignoring the config file's [[rules]] (%s): the rules file %s wins once it exists "
+            "(the HTTP API edits it); delete it to seed it from the config file again",
+            why,
+            self.rules_file.path,
+        )
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Serve until `stop` is set, then drain; True when everything buffered was stored.
@@ -567,3 +597,16 @@ class Bridge:
             received_at=time.monotonic(),
         )
         return self.router.outputs(message, self.router.routes(topic))
+
+    # --- dead letters -------------------------------------------------------------------------
+
+    async def dead_letters(self, limit: int) -> list[ReceivedRecord]:
+        """The latest `limit` records of the dead-letter stream, oldest first; none before the
+        stream exists. Bounded work however long it is (`HStreamClient.read_last`); raises
+        HStreamError when HStreamDB does not answer."""
+        if self.client is None:
+            return []
+        try:
+            return await self.client.read_last(self.settings.dead_letter_stream, limit)
+        except StreamNotFound:
+            return []

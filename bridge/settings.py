@@ -33,9 +33,12 @@ class Settings(BaseSettings):
     mqtt_username: str | None = Field(None, description="MQTT user name")
     mqtt_password: str | None = Field(None, description="MQTT password")
     mqtt_protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
-    mqtt_keepalive: float = Field(30.0, gt=0, description="MQTT keepalive, seconds")
+    mqtt_keepalive: float = Field(30.0, gt=0, le=65535, description="MQTT keepalive, seconds")
     mqtt_session_expiry: float = Field(
-        7200.0, ge=0, description="Seconds the broker keeps the session while the bridge is away"
+        7200.0,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="Seconds the broker keeps the session while the bridge is away",
     )
     mqtt_receive_maximum: int = Field(
         1000, ge=1, le=65535, description="MQTT 5 Receive Maximum: unacked messages in flight"
@@ -136,6 +139,49 @@ class Settings(BaseSettings):
         default_factory=list, description="Rules from the config file (TOML [[rules]] tables)"
     )
 
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        from bridge.mqtt import parse_broker_url
+
+        parse_broker_url(value)  # ValueError naming what is wrong
+        return value
+
+    @field_validator("mqtt_shared_group")
+    @classmethod
+    def _shared_group(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "/+#")):
+            raise ValueError(
+                "a shared subscription group must be non-empty without '/', '+' or '#'"
+            )
+        return value
+
+    @field_validator("hstream_url")
+    @classmethod
+    def _hstream_url(cls, value: str | None) -> str | None:
+        from bridge.hstream.url import parse_url
+
+        if value is not None:
+            parse_url(value)
+        return value
+
+    @field_validator("api_listen")
+    @classmethod
+    def _api_listen(cls, value: str) -> str:
+        from bridge.api.hosts import parse_listen
+
+        parse_listen(value)
+        return value
+
+    @field_validator("store_listen")
+    @classmethod
+    def _store_listen(cls, value: str | None) -> str | None:
+        from bridge.hstream.store.server import split_listen
+
+        if value is not None:
+            split_listen(value)
+        return value
+
     @field_validator("dead_letter_stream")
     @classmethod
     def _dead_letter_name(cls, value: str) -> str:
@@ -148,6 +194,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        for side in ("mqtt", "hstream"):
+            cert, key = f"{side}_cert_file", f"{side}_key_file"
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} go together (a client certificate and its key)")
         if self.retry_backoff_max < self.retry_backoff_min:
             raise ValueError("retry_backoff_max must not be below retry_backoff_min")
         if self.buffer_bytes < self.batch_max_bytes:

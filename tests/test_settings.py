@@ -75,3 +75,76 @@ def test_a_batch_larger_than_the_record_limit_is_refused_naming_both() -> None:
     ):
         Settings.model_validate({"max_record_bytes": 256 * 1024})
     assert Settings.model_validate({"max_record_bytes": 1 << 19}).max_record_bytes == 1 << 19
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("mqtt_url", "tcp://emqx:1883", "must start with mqtt:// or mqtts://"),
+        ("mqtt_url", "mqtt://:1883", "names no host"),
+        ("mqtt_url", "mqtt://emqx:0", "has a bad port"),
+        ("hstream_url", "hstreem://h:6570", "must start with hstream:// or hstreams://"),
+        ("hstream_url", "hstream://h:x", "bad port"),
+        ("api_listen", "localhost", "is not host:port"),
+        ("api_listen", "127.0.0.1:70000", "out of range"),
+        ("store_listen", "127.0.0.1:port", "is not HOST:PORT"),
+        ("mqtt_shared_group", "a/b", "without '/', '+' or '#'"),
+        ("mqtt_keepalive", 70000, "less than or equal to 65535"),
+    ],
+)
+def test_urls_and_addresses_are_checked_with_the_settings(
+    field: str, value: object, problem: str
+) -> None:
+    """Checked when the settings are read, before the bridge starts anything."""
+    with pytest.raises(ValidationError) as raised:
+        Settings.model_validate({field: value})
+    (error,) = raised.value.errors()
+    assert error["loc"] == (field,)
+    assert problem in error["msg"]
+
+
+@pytest.mark.parametrize("side", ["mqtt", "hstream"])
+def test_a_client_certificate_needs_its_key(side: str) -> None:
+    with pytest.raises(ValidationError, match=f"{side}_cert_file and {side}_key_file go together"):
+        Settings.model_validate({f"{side}_cert_file": "c.pem"})
+    Settings.model_validate({f"{side}_cert_file": "c.pem", f"{side}_key_file": "k.pem"})
+
+
+def validation_error(**values: object) -> ValidationError:
+    with pytest.raises(ValidationError) as raised:
+        Settings.model_validate(values)
+    return raised.value
+
+
+def test_errors_name_the_flag_the_variable_and_the_toml_key() -> None:
+    from bridge.cli import _format_validation
+
+    assert _format_validation(validation_error(buffer_bytes="lots")) == (
+        "hstream-bridge: invalid setting --buffer-bytes (HSTREAM_BRIDGE_BUFFER_BYTES, "
+        "buffer_bytes): Input should be a valid integer, unable to parse string as an integer "
+        "(got 'lots')"
+    )
+    # A check across settings names each one by its flag.
+    assert _format_validation(validation_error(buffer_bytes=2048, batch_max_bytes=4096)) == (
+        "hstream-bridge: invalid settings: --buffer-bytes must hold at least one batch "
+        "(--batch-max-bytes)"
+    )
+    several = _format_validation(validation_error(mqtt_url="x", linger=-1, unknown_key=1))
+    assert several.splitlines() == [
+        "hstream-bridge: invalid settings:",
+        "  --mqtt-url (HSTREAM_BRIDGE_MQTT_URL, mqtt_url): MQTT URL 'x' must start with mqtt://"
+        " or mqtts://",
+        "  --linger (HSTREAM_BRIDGE_LINGER, linger): Input should be greater than or equal to 0"
+        " (got -1)",
+        "  unknown_key in the config file: not a setting",
+    ]
+
+
+def test_secrets_are_not_quoted_in_errors() -> None:
+    from bridge.cli import _format_validation
+
+    text = _format_validation(validation_error(api_token=123456789, mqtt_password=987654321))
+    assert "--api-token" in text
+    assert "--mqtt-password" in text
+    assert "123456789" not in text
+    assert "987654321" not in text

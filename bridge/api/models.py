@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from bridge.api.protocol import DryRunOutput
-from bridge.hstream.records import EncodedRecord
+from bridge.hstream.records import EncodedRecord, ReceivedRecord
 from rules import Rule, topic_name_problem
 
 MAX_DRY_RUN_PAYLOAD: Final = 1 << 20
@@ -331,3 +331,120 @@ def rule_replacement_schema() -> dict[str, Any]:
     schema["description"] = "A rule; `id` may be omitted, and must equal the path's id if given"
     schema["required"] = [name for name in schema.get("required", []) if name != "id"]
     return schema
+
+
+# --- the console's reads: /stats and /dead-letters ----------------------------------------------
+
+PREVIEW_BYTES: Final = 256
+"""Bytes of a dead letter's payload shown in its preview."""
+
+
+class RuleStats(BaseModel):
+    """One rule's counts since the bridge started, and their rates over `interval_seconds`."""
+
+    id: str
+    enabled: bool
+    matched_total: int = Field(description="messages the rule matched (each makes one record)")
+    stored_total: int = Field(
+        description="records HStreamDB confirmed stored; the counts of streams forgotten after"
+        " --stream-idle-timeout are dropped, so this can go down"
+    )
+    dead_lettered_total: int = Field(description="records sent to the dead-letter stream")
+    matched_per_second: float | None = Field(description="null until there is an interval")
+    stored_per_second: float | None
+    dead_lettered_per_second: float | None
+
+
+class BufferStats(BaseModel):
+    """The memory budget (--buffer-bytes) and what holds it now."""
+
+    queuing_records: int = Field(description="records buffered or in flight, not yet stored")
+    queuing_bytes: int = Field(description="memory they hold, as the budget counts it")
+    budget_bytes: int
+    intake_paused: bool = Field(description="the budget is spent and MQTT intake is paused")
+
+
+class Stats(BaseModel):
+    """Counts since start and rates computed by the bridge.
+
+    Rates are the change of the totals since an earlier call of this endpoint, about
+    `RATE_WINDOW` seconds ago (or the last call, when calls come further apart), divided by
+    `interval_seconds`; null on the first call. Polling every few seconds gives rates over the
+    last ten seconds or so.
+    """
+
+    interval_seconds: float | None = Field(description="what the rates are measured over")
+    received_total: int = Field(description="MQTT messages received")
+    received_per_second: float | None
+    unmatched_total: int = Field(description="messages no enabled rule matched")
+    dropped_total: int = Field(description="QoS 0 records dropped on purpose")
+    rules: list[RuleStats] = Field(description="every rule, in rule order")
+    buffer: BufferStats
+
+
+class DeadLetter(BaseModel):
+    """One record of the dead-letter stream, with a preview of its payload."""
+
+    id: str = Field(description="the record id, shardId-batchId-batchIndex")
+    time: str | None = Field(description="when it was dead-lettered (ISO 8601, UTC)")
+    publish_time: float = Field(description="when HStreamDB stored it, seconds since the epoch")
+    rule: str | None
+    topic: str | None = Field(description="the MQTT topic of the original message")
+    reason: str | None = Field(examples=["invalid_json"])
+    error: str | None = Field(description="details of the reason, when there are any")
+    stream: str | None = Field(description="the stream the record was meant for, if it rendered")
+    payload_preview: str = Field(
+        description=f"the first {PREVIEW_BYTES} bytes of the payload, as text or base64"
+    )
+    preview_encoding: Literal["utf-8", "base64"]
+    preview_truncated: bool = Field(description="the payload is longer than the preview")
+    payload_bytes: int = Field(description="bytes of payload the dead letter holds")
+    original_bytes: int | None = Field(description="bytes of the original payload")
+    truncated: bool = Field(description="the dead letter holds only the start of the original")
+    sha256: str | None = Field(description="SHA-256 of the whole original payload")
+
+    @classmethod
+    def from_record(cls, record: ReceivedRecord) -> "DeadLetter":
+        attributes = record.attributes
+        payload = record.payload
+        data = (
+            payload
+            if isinstance(payload, bytes)
+            else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        )
+        text, encoding = _preview(data[:PREVIEW_BYTES], cut=len(data) > PREVIEW_BYTES)
+        original = attributes.get("original_size", "")
+        return cls(
+            id=str(record.id),
+            time=attributes.get("time"),
+            publish_time=record.publish_time,
+            rule=attributes.get("rule"),
+            topic=attributes.get("mqtt.topic"),
+            reason=attributes.get("reason"),
+            error=attributes.get("error"),
+            stream=attributes.get("stream"),
+            payload_preview=text,
+            preview_encoding=encoding,
+            preview_truncated=len(data) > PREVIEW_BYTES,
+            payload_bytes=len(data),
+            original_bytes=int(original) if original.isascii() and original.isdigit() else None,
+            truncated=attributes.get("truncated") == "true",
+            sha256=attributes.get("sha256"),
+        )
+
+
+def _preview(data: bytes, *, cut: bool) -> tuple[str, Literal["utf-8", "base64"]]:
+    """UTF-8 text when the bytes are, else base64. When the preview was cut from a longer
+    payload, a character it split at the end (up to 3 of its bytes) is left out."""
+    for drop in range(4 if cut else 1):
+        try:
+            return data[: len(data) - drop].decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            continue
+    return base64.b64encode(data).decode("ascii"), "base64"
+
+
+class DeadLetters(BaseModel):
+    stream: str = Field(description="the dead-letter stream (--dead-letter-stream)")
+    limit: int
+    records: list[DeadLetter] = Field(description="the latest records, newest first")

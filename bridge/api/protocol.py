@@ -4,11 +4,18 @@ The API depends on this surface only, never on `bridge.service`: the service's `
 satisfies it structurally, and a unit test can serve the API over a small in-memory
 implementation. `RuleConflict` and `RuleMissing` live here because they are part of the
 contract: the bridge raises them, the API turns them into 409 and 404.
+
+What a console needs is here too: `metrics.totals()` (per-rule counts and the buffer, for
+GET /stats) and `dead_letters(limit)` (the latest records of the dead-letter stream).
+Sources and a cluster view are not part of the surface yet: when they exist, they come here
+first, then the console shows them.
 """
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from bridge.hstream.records import ReceivedRecord
+from bridge.metrics import Totals
 from rules import Rule
 
 __all__ = ["ApiSettings", "BridgeApi", "DryRunOutput", "Metrics", "RuleConflict", "RuleMissing"]
@@ -31,7 +38,8 @@ class RuleMissing(Exception):
 
 
 class ApiSettings(Protocol):
-    """The settings the API reads: where to listen and the bearer token, if any."""
+    """The settings the API reads: where to listen, the bearer token if any, and the name of
+    the dead-letter stream (shown with its records)."""
 
     @property
     def api_listen(self) -> str: ...
@@ -39,10 +47,17 @@ class ApiSettings(Protocol):
     @property
     def api_token(self) -> str | None: ...
 
+    @property
+    def dead_letter_stream(self) -> str: ...
+
 
 class Metrics(Protocol):
     def render(self) -> tuple[bytes, str]:
         """The Prometheus exposition body and its content type."""
+        ...
+
+    def totals(self) -> Totals:
+        """Per-rule counts since start and the buffer gauges, read now (GET /stats)."""
         ...
 
 
@@ -78,7 +93,9 @@ class BridgeApi(Protocol):
     Rule changes are serialised and persisted by the bridge; `create_rule` raises RuleConflict,
     `replace_rule` RuleMissing (or RuleConflict when the new id is taken), `delete_rule`
     RuleMissing. Anything else they raise (OSError from the rules file) is a server-side failure.
-    `dry_run` is pure: it routes and encodes but stores nothing.
+    `dry_run` is pure: it routes and encodes but stores nothing. `dead_letters` reads the
+    dead-letter stream through the HStreamDB client (bounded work, see
+    `HStreamClient.read_last`); an HStreamError from it means HStreamDB did not answer.
     """
 
     @property
@@ -110,3 +127,8 @@ class BridgeApi(Protocol):
         retain: bool = False,
         user_properties: tuple[tuple[str, str], ...] = (),
     ) -> Sequence[DryRunOutput]: ...
+
+    async def dead_letters(self, limit: int) -> Sequence[ReceivedRecord]:
+        """The latest `limit` records of the dead-letter stream, oldest first (none when the
+        stream does not exist yet)."""
+        ...

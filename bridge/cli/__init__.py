@@ -16,6 +16,7 @@ import asyncio
 import functools
 import gc
 import logging
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from bridge import __version__
 from bridge.logs import redact_url  # errors quote URLs; their passwords stay out of stderr
-from bridge.settings import ConfigFileError, Settings, load_settings
+from bridge.settings import ENV_PREFIX, ConfigFileError, Settings, load_settings
 
 logger = logging.getLogger("bridge")
 
@@ -101,12 +103,61 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(flags, args.config)
 
 
+_SECRET_SETTINGS = frozenset({"mqtt_password", "api_token"})
+"""Settings whose values are never quoted in an error."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _setting(name: str) -> str:
+    """`--buffer-bytes (HSTREAM_BRIDGE_BUFFER_BYTES, buffer_bytes)`: the three ways to set it."""
+    return f"{_flag(name)} ({ENV_PREFIX}{name.upper()}, {name})"
+
+
+def _flags_named(message: str) -> str:
+    """The setting names in a message (`buffer_bytes`) as their flags (`--buffer-bytes`)."""
+    names = "|".join(sorted((re.escape(name) for name in Settings.model_fields), key=len)[::-1])
+    return re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: _flag(m.group(1)), message)
+
+
+def _format_error(error: ErrorDetails) -> str:
+    """One line: which setting (its flag, variable and TOML key) and what is wrong with it."""
+    loc = [str(part) for part in error["loc"]]
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across settings: its message names them
+        return _flags_named(message)
+    name, rest = loc[0], loc[1:]
+    if error["type"] == "extra_forbidden":  # flags and variables are known; only the file has these
+        return f"{'.'.join(loc)} in the config file: not a setting"
+    if name == "rules":
+        return f"[[rules]]{''.join(f'[{part}]' for part in rest)} in the config file: {message}"
+    where = _setting(name) if name in Settings.model_fields else name
+    if rest:
+        where += " at " + ".".join(rest)
+    value = error.get("input")
+    if (
+        error["type"] != "value_error"  # those quote what they refuse already
+        and name not in _SECRET_SETTINGS
+        and isinstance(value, str | int | float | bool)
+    ):
+        message += f" (got {str(value)[:80]!r})" if isinstance(value, str) else f" (got {value})"
+    return f"{where}: {message}"
+
+
 def _format_validation(exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "settings"
-        lines.append(f"  {where}: {error['msg']}")
-    return "invalid settings:\n" + "\n".join(lines)
+    """What is wrong, naming each setting the way it was likely given: its flag first.
+
+    `invalid setting --buffer-bytes (HSTREAM_BRIDGE_BUFFER_BYTES, buffer_bytes): Input should
+    be a valid integer, ...` for one error; a header and one indented line each for several.
+    """
+    errors = exc.errors(include_url=False)
+    lines = [_format_error(error) for error in errors]
+    if len(lines) == 1:
+        what = "setting" if errors[0]["loc"] else "settings:"  # one setting, or how they go
+        return f"hstream-bridge: invalid {what} {lines[0]}"
+    return "hstream-bridge: invalid settings:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _run(args: argparse.Namespace) -> int:

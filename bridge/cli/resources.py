@@ -5,6 +5,10 @@
     hstream-bridge subscriptions create temps_sub --stream temps --offset earliest
     hstream-bridge tail temps --from earliest --limit 10
 
+Where: `--hstream-url` (or HSTREAM_BRIDGE_HSTREAM_URL); without it, the embedded store of the
+`hstream-bridge run` whose `--data-dir` (default ./data) is given, found by the address it
+leaves in DATA_DIR/store/address while it runs (bridge/store_address.py); else DEFAULT_URL.
+
 Every subcommand sets `func`, a synchronous `(args) -> int` that runs its own event loop and
 returns the exit code: 0 on success, 1 when HStreamDB refuses or cannot be reached (one line on
 stderr naming the HStreamDB error code), 130 when interrupted. `main()` calls `args.func(args)`
@@ -22,8 +26,10 @@ from pathlib import Path
 from bridge.hstream import HStreamClient, ReceivedRecord
 from bridge.hstream.errors import HStreamError
 from bridge.logs import redact_url
+from bridge.store_address import address_path, read_address
 
 DEFAULT_URL = "hstream://127.0.0.1:6570"
+DEFAULT_DATA_DIR = "data"  # as `hstream-bridge run --data-dir`
 ENV_PREFIX = "HSTREAM_BRIDGE_"
 
 Handler = Callable[[HStreamClient, argparse.Namespace], Awaitable[int]]
@@ -34,9 +40,18 @@ def _connection_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parent.add_argument(
         "--hstream-url",
-        default=os.environ.get(f"{ENV_PREFIX}HSTREAM_URL") or DEFAULT_URL,
-        help="hstream://[user:pass@]host:port[,host:port] or hstreams:// "
-        f"(env {ENV_PREFIX}HSTREAM_URL, default {DEFAULT_URL})",
+        default=os.environ.get(f"{ENV_PREFIX}HSTREAM_URL") or None,
+        help="hstream://[user:pass@]host:port[,host:port] or hstreams:// (env "
+        f"{ENV_PREFIX}HSTREAM_URL; default: the store of the `hstream-bridge run` using "
+        f"--data-dir, else {DEFAULT_URL})",
+    )
+    parent.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get(f"{ENV_PREFIX}DATA_DIR") or DEFAULT_DATA_DIR),
+        help="the data dir of an `hstream-bridge run` with its embedded store: without "
+        "--hstream-url, connect to that store (its address is in DATA_DIR/store/address while "
+        f"it runs) (env {ENV_PREFIX}DATA_DIR, default ./{DEFAULT_DATA_DIR})",
     )
     for name, what in (("ca", "CA bundle"), ("cert", "client certificate"), ("key", "client key")):
         env = f"{ENV_PREFIX}HSTREAM_{name.upper()}_FILE"
@@ -128,10 +143,25 @@ def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def resolve_url(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """The HStreamDB URL to use, and the address file it came from (None when it did not).
+
+    --hstream-url (or its variable) wins; else the address an `hstream-bridge run` with its
+    embedded store left in DATA_DIR/store/address; else DEFAULT_URL.
+    """
+    if args.hstream_url:
+        return args.hstream_url, None
+    url = read_address(args.data_dir)
+    if url is not None:
+        return url, address_path(args.data_dir)
+    return DEFAULT_URL, None
+
+
 async def _with_client(handler: Handler, args: argparse.Namespace) -> int:
+    url, source = resolve_url(args)
     try:
         client = HStreamClient(
-            args.hstream_url,
+            url,
             ca_file=args.hstream_ca_file,
             cert_file=args.hstream_cert_file,
             key_file=args.hstream_key_file,
@@ -140,7 +170,10 @@ async def _with_client(handler: Handler, args: argparse.Namespace) -> int:
         async with client:
             return await handler(client, args)
     except HStreamError as exc:
-        print(f"error: {describe_error(exc)}", file=sys.stderr)
+        hint = ""
+        if source is not None and exc.retriable:  # a bridge killed with -9 leaves it behind
+            hint = f" ({url} is from {source}: is the `hstream-bridge run` that wrote it running?)"
+        print(f"error: {describe_error(exc)}{hint}", file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"error: {redact_url(str(exc))}", file=sys.stderr)  # it may quote the URL

@@ -46,8 +46,14 @@ from bridge.hstream.info import (
     stream_info,
     subscription_info,
 )
-from bridge.hstream.reader import Offset, ShardReader, StreamReader
-from bridge.hstream.records import Compression, Record, RecordId, encode_record
+from bridge.hstream.reader import Offset, ShardReader, StreamReader, last_records
+from bridge.hstream.records import (
+    Compression,
+    ReceivedRecord,
+    Record,
+    RecordId,
+    encode_record,
+)
 from bridge.hstream.shards import ShardMap, ShardRange
 from bridge.hstream.url import parse_url
 
@@ -375,6 +381,51 @@ class HStreamClient:
             )
 
         return StreamReader(self.list_shards, stream, open_shard, limit=limit)
+
+    async def tail_record_id(self, stream: str, shard_id: int) -> RecordId:
+        """The id of the shard's last batch (batch id 0 when nothing was ever written)."""
+        request = pb.GetTailRecordIdRequest(streamName=stream, shardId=shard_id)
+        tail = (await self._call_any("GetTailRecordId", request)).tailRecordId
+        return RecordId(tail.shardId, tail.batchId, tail.batchIndex)
+
+    async def read_last(self, stream: str, count: int) -> list[ReceivedRecord]:
+        """The last `count` records of a stream, oldest first (across shards by publish time).
+
+        Bounded work, however long the stream: per shard, a few reads of at most `2 * count`
+        records from offsets computed back from the shard's tail (`reader.last_records`).
+        """
+        if count <= 0:
+            return []
+        shards = await self.list_shards(stream)
+        found = await asyncio.gather(
+            *(self._last_of_shard(stream, shard.shard_id, count) for shard in shards)
+        )
+        records = [record for shard_records in found for record in shard_records]
+        records.sort(key=lambda r: (r.publish_time, r.id.shard_id, r.id.batch_id, r.id.batch_index))
+        return records[-count:]
+
+    async def _last_of_shard(self, stream: str, shard_id: int, count: int) -> list[ReceivedRecord]:
+        tail = (await self.tail_record_id(stream, shard_id)).batch_id
+
+        async def read(start: int, limit: int | None) -> tuple[list[ReceivedRecord], bool]:
+            records: list[ReceivedRecord] = []
+            reader = self.read_shard(
+                stream,
+                shard_id,
+                offset=RecordId(shard_id, start, 0),
+                limit=None if limit is None else limit + 1,  # one more tells "that was all"
+                max_records=1000 if limit is None else min(1000, limit + 1),
+            )
+            async with reader:
+                async for record in reader:
+                    if record.id.batch_id > tail:
+                        return records, True  # appended since: not part of this answer
+                    if limit is not None and len(records) == limit:
+                        return records, False
+                    records.append(record)
+            return records, True
+
+        return await last_records(tail, read, count)
 
     # -- routing and failover ------------------------------------------------------------
 

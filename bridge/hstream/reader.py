@@ -34,6 +34,13 @@ Offset = Literal["earliest", "latest"] | RecordId
 
 CallAny = Callable[[str, Any], Awaitable[Any]]
 
+FIRST_BATCH = 1
+"""The lowest batch id (LogDevice's LSN_OLDEST); 0 is the tail of a shard never written."""
+
+ReadFrom = Callable[[int, int | None], Awaitable[tuple[list[ReceivedRecord], bool]]]
+"""`read(start, limit)`: the records of the batches from id `start` up to a fixed tail, in
+order, at most `limit` of them (None: all), and whether that was all of them."""
+
 
 def _shard_offset(offset: Offset) -> Any:
     if isinstance(offset, RecordId):
@@ -262,3 +269,44 @@ class StreamReader:
             return item
         await self.close()
         raise StopAsyncIteration
+
+
+async def last_records(tail: int, read: ReadFrom, count: int) -> list[ReceivedRecord]:
+    """The last `count` records of a shard whose last batch id is `tail`, oldest first.
+
+    Batch ids grow but need not be dense (HStreamDB's are LogDevice LSNs, and an epoch change
+    jumps by 2**32), and a batch holds any number of records, so no arithmetic on ids says where
+    the last `count` records begin. So: gallop back from the tail (starts `tail + 1 - count`,
+    then twice, four times... as far back) until at least `count` records lie between the start
+    and the tail, then bisect between that start and the one before it for the latest start
+    that still leaves `count`. Each probe reads at most `2 * count` records (`read` stops
+    there), and a probe that read everything from its start to the tail and found `count`
+    answers at once: with one record per batch (dense ids), that is the first probe. The last
+    read holds fewer than `count` records plus one batch. Whatever the shard holds, that is at
+    most about 2 x 64 probes on 64-bit ids; typically one to a few.
+    """
+    if count <= 0 or tail < FIRST_BATCH:
+        return []
+    probe = 2 * count
+    short = tail + 1  # from here, fewer than `count` records remain (none: past the tail)
+    step = count  # `count` batches hold at least `count` records
+    while True:
+        start = max(FIRST_BATCH, tail + 1 - step)
+        records, complete = await read(start, probe)
+        if complete and (len(records) >= count or start == FIRST_BATCH):
+            return records[-count:]
+        if len(records) >= count:
+            break
+        short, step = start, step * 2
+    enough = start  # from here, at least `count` records remain
+    while short - enough > 1:
+        middle = (enough + short) // 2
+        records, complete = await read(middle, probe)
+        if complete and len(records) >= count:
+            return records[-count:]
+        if len(records) >= count:
+            enough = middle
+        else:
+            short = middle
+    records, _ = await read(enough, None)
+    return records[-count:]

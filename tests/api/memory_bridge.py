@@ -3,7 +3,8 @@
 Only the storage is fake (a list instead of the rules file, flags instead of live MQTT and
 HStreamDB connections). Validation, matching and encoding are the real ones: rules are
 `rules.Rule`, dry runs go through a real `bridge.router.Router` over a real `Matcher`, and
-metrics are a real `BridgeMetrics`.
+metrics are a real `BridgeMetrics`. Dead letters are a list the test fills
+(`dead_letter_records`, oldest first), or an error to raise (`dead_letters_error`).
 """
 
 import asyncio
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.api import RuleConflict, RuleMissing
+from bridge.hstream.records import ReceivedRecord
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt import Message, MqttError
 from bridge.router import Output, Router
@@ -25,6 +27,7 @@ DEAD_LETTER_STREAM = "bridge_dead_letter"
 class ApiTestSettings:
     api_listen: str = "127.0.0.1:0"
     api_token: str | None = None
+    dead_letter_stream: str = DEAD_LETTER_STREAM
 
 
 class MemoryBridge:
@@ -51,6 +54,8 @@ class MemoryBridge:
         self.extra_readiness: dict[str, Any] = {}  # merged into readiness(), as the bridge says
         self.save_error: OSError | None = None
         self.subscribe_error: MqttError | None = None  # raised after the change, like MqttSource
+        self.dead_letter_records: list[ReceivedRecord] = []
+        self.dead_letters_error: Exception | None = None
         self._lock = asyncio.Lock()
 
     def get_rule(self, rule_id: str) -> Rule | None:
@@ -116,3 +121,8 @@ class MemoryBridge:
             received_at=time.monotonic(),
         )
         return self.router.outputs(message, self.router.routes(topic))
+
+    async def dead_letters(self, limit: int) -> list[ReceivedRecord]:
+        if self.dead_letters_error is not None:
+            raise self.dead_letters_error
+        return self.dead_letter_records[-limit:]

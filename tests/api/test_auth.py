@@ -1,4 +1,5 @@
-"""Bearer-token auth: /rules and /metrics need the token when one is set; probes and docs do not."""
+"""Bearer-token auth: /rules, /stats, /dead-letters and /metrics need the token when one is set;
+probes, docs and the console's static files do not."""
 
 import httpx
 import pytest
@@ -14,9 +15,11 @@ PROTECTED = [
     ("DELETE", "/rules/temps", None),
     ("POST", "/rules/test", {"topic": "a"}),
     ("GET", "/metrics", None),  # its labels name rules and streams (device ids, often)
+    ("GET", "/stats", None),  # names the rules
+    ("GET", "/dead-letters", None),  # payloads and topics
 ]
-OPEN = ["/health", "/ready", "/docs", "/openapi.json"]
-SECURED_PATHS = {"/rules", "/rules/test", "/rules/{rule_id}", "/metrics"}
+OPEN = ["/health", "/ready", "/docs", "/openapi.json", "/ui"]
+SECURED_PATHS = {"/rules", "/rules/test", "/rules/{rule_id}", "/metrics", "/stats", "/dead-letters"}
 
 
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)

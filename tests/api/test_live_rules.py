@@ -87,6 +87,7 @@ async def test_the_service_bridge_satisfies_the_api_protocol(live: tuple[Bridge,
     api: BridgeApi = running  # mypy proves the structural match statically; this checks it live
     assert api_members() == [
         "create_rule",
+        "dead_letters",
         "delete_rule",
         "dry_run",
         "get_rule",

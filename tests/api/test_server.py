@@ -175,6 +175,8 @@ async def test_openapi_has_titles_descriptions_and_the_design_rule_example(
         "/health",
         "/ready",
         "/metrics",
+        "/stats",
+        "/dead-letters",
     }
     for operations in spec["paths"].values():
         for operation in operations.values():
