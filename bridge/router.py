@@ -19,8 +19,7 @@ from bridge.hstream.records import (
     FLAG_RAW,
     encode_header,
     framed_size,
-    json_object,
-    struct_bytes,
+    json_struct_bytes,
     with_header,
 )
 from bridge.mqtt import Message
@@ -154,7 +153,7 @@ class Router:
             )
         if route.rule.payload == "json":
             try:
-                struct = struct_bytes(json_object(message.payload))
+                struct = json_struct_bytes(message.payload)
             except (ValueError, OverflowError) as exc:  # UnicodeDecodeError is a ValueError
                 return self._dead(message, route, deadletter.REASON_INVALID_JSON, str(exc))
             data = with_header(self._header(FLAG_JSON, route.key, message), struct)

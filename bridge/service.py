@@ -27,6 +27,7 @@ from typing import Any
 from bridge.accumulator import MESSAGE_OVERHEAD, Accumulator, Delivery, Item
 from bridge.api import RuleConflict, RuleMissing, is_loopback, parse_listen, serve_api
 from bridge.buffer import DiskBuffer, Forwarder
+from bridge.hstream import structenc
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamNotFound
 from bridge.hstream.errors import StreamExists as StreamExistsError
@@ -237,6 +238,11 @@ class Bridge:
             await self.source.set_subscriptions(self.router.matcher.subscriptions())
         except MqttError as exc:  # e.g. an ACL refuses a filter: kept wanted, retried later
             logger.warning("broker refused subscriptions at start: %s", exc)
+        if not structenc.COMPILED:
+            logger.warning(
+                "JSON records are encoded by the pure-Python Struct encoder, ~7x slower than the "
+                "compiled one, which was not built: reinstall where a C compiler is installed"
+            )
         logger.info(
             "bridge running: %d rules, MQTT %s, HStreamDB %s, API %s",
             len(self.rules),

@@ -3,8 +3,11 @@
 # system binaries the tests use (Mosquitto, docker-compose to validate the compose file,
 # openssl to make test certificates, Chromium and its driver for the console's browser tests).
 #
-# pip runs only when needed: once into a new venv, and again when pyproject.toml changes. A
-# stamp file in the venv holds the hash of the pyproject.toml it was installed from
+# pip runs only when needed: once into a new venv, and again when pyproject.toml, setup.py or
+# the compiled JSON encoder's source (bridge/hstream/_structenc.c, built in place by the editable
+# install; without a C compiler the package falls back to its pure-Python twin) changes, or when
+# that module is missing although a C compiler is there. A
+# stamp file in the venv holds the hash of the files it was installed from
 # ($VENV/.hstream-bridge-installed for the package, $VENV/.hstream-bridge-installed-test for
 # the package with its test extra); when it matches, nothing is installed and the script
 # finishes in milliseconds, silently. pip's output (setuptools' build warnings included) goes
@@ -34,13 +37,17 @@ hash_of() {
     fi
 }
 
-want=$(hash_of pyproject.toml)
+want=$(cat pyproject.toml setup.py bridge/hstream/_structenc.c | hash_of -)
 stamp="$VENV/.hstream-bridge-installed"
 test_stamp="$VENV/.hstream-bridge-installed-test"
 log="$VENV/bootstrap.log"
 
-current() {  # the stamp file $1 names this pyproject.toml, and the command is installed
-    [[ -f "$1" && "$(<"$1")" == "$want" && -x "$VENV/bin/hstream-bridge" ]]
+compiled() {  # the optional C encoder is built in place, or cannot be (no C compiler)
+    compgen -G "bridge/hstream/_structenc*.so" >/dev/null || ! command -v "${CC:-cc}" >/dev/null 2>&1
+}
+
+current() {  # the stamp file $1 names these sources, and the command is installed
+    [[ -f "$1" && "$(<"$1")" == "$want" && -x "$VENV/bin/hstream-bridge" ]] && compiled
 }
 
 pip() {  # quiet; the log is shown only when pip fails

@@ -1,5 +1,6 @@
-"""scripts/bootstrap.sh installs once, and again only when pyproject.toml changes; scripts/run.sh
-then starts the bridge at once, with nothing on the terminal before its first log line.
+"""scripts/bootstrap.sh installs once, and again only when pyproject.toml (or the build of the
+compiled JSON encoder: setup.py, bridge/hstream/_structenc.c) changes; scripts/run.sh then starts
+the bridge at once, with nothing on the terminal before its first log line.
 
 Most tests here run the script against a fake venv whose `bin/python` records its arguments
 instead of running pip: they see exactly when pip would run, and install nothing.
@@ -18,7 +19,10 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.store import REPO_ROOT
 
 BOOTSTRAP = REPO_ROOT / "scripts" / "bootstrap.sh"
-PYPROJECT_HASH = hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes()).hexdigest()
+INSTALL_SOURCES = ("pyproject.toml", "setup.py", "bridge/hstream/_structenc.c")
+PYPROJECT_HASH = hashlib.sha256(
+    b"".join((REPO_ROOT / name).read_bytes() for name in INSTALL_SOURCES)
+).hexdigest()
 
 
 class FakeVenv:
@@ -56,6 +60,8 @@ class FakeVenv:
             **os.environ,
             "VENV": str(self.path),
             "PATH": f"{self.tools}:{os.environ['PATH']}",
+            # No C compiler: a missing compiled encoder does not make it install again here.
+            "CC": "no-such-cc",
         }
         env.pop("BOOTSTRAP_VERBOSE", None)
         if verbose:
@@ -94,7 +100,7 @@ def test_pip_runs_once_then_not_until_pyproject_changes(venv: FakeVenv) -> None:
     assert said.stderr == f"bootstrap: {venv.path} is up to date\n"
     assert venv.pip_calls() == installs
 
-    # pyproject.toml changed since the install (its hash is not the stamp's): install again.
+    # pyproject.toml changed since the install (the hash is not the stamp's): install again.
     (venv.path / ".hstream-bridge-installed").write_text("0" * 64 + "\n")
     venv.bootstrap()
     assert len(venv.pip_calls()) == 2 * len(installs)

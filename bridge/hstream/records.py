@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import zstandard
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
@@ -23,6 +24,7 @@ from google.protobuf.struct_pb2 import Struct
 from bridge.hstream._api import FLAG_JSON as FLAG_JSON  # re-exported: the record flags
 from bridge.hstream._api import FLAG_RAW as FLAG_RAW
 from bridge.hstream._api import pb
+from bridge.hstream.structenc import encode_struct
 
 
 class Compression(enum.IntEnum):
@@ -310,3 +312,21 @@ def json_object(payload: bytes) -> dict[str, Any]:
     ):
         raise ValueError(f"JSON payload is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def json_struct_bytes(payload: bytes) -> bytes:
+    """A JSON object payload as the serialized Struct of a JSON record, at close to RAW's cost.
+
+    What `struct_bytes(json_object(payload))` stores, ~10x cheaper: orjson parses and
+    `structenc.encode_struct` writes the Struct (protobuf's deterministic bytes: map entries in a
+    fixed order). Refused alike, with ValueError (OverflowError for an integer beyond a double):
+    whatever orjson refuses goes through `json_object`, so exactly what the standard library
+    accepts is accepted (a UTF-8 BOM, UTF-16 and UTF-32 text included).
+    """
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        value = json_object(payload)
+    if type(value) is not dict:
+        raise ValueError(f"JSON payload is a {type(value).__name__}, not an object")
+    return encode_struct(value, MAX_JSON_DEPTH)

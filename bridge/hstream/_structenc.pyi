@@ -1,0 +1,3 @@
+from typing import Any
+
+def encode(value: dict[str, Any], max_depth: int, /) -> bytes: ...
