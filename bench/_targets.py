@@ -46,6 +46,20 @@ def rules_toml(payload: str) -> str:
     )
 
 
+def fleet_rules_toml(payload: str = "raw") -> str:
+    """The fan-out rule: every fleet device to its site's stream (created by the bridge, with
+    --stream-shards shards), keyed by device."""
+    return (
+        "[[rules]]\n"
+        'id = "fleet"\n'
+        'topic = "fleet/{site}/{device}/telemetry"\n'
+        'stream = "fleet_${site}"\n'
+        'key = "${device}"\n'
+        f'payload = "{payload}"\n'
+        "qos = 1\n"
+    )
+
+
 def metric_sum(text: str, name: str) -> float:
     """The sum of every series of `name` in Prometheus text (0 when absent)."""
     total = 0.0
@@ -142,9 +156,11 @@ class BridgeTarget(Target):
         extra_args: list[str] | None = None,
         cprofile: Path | None = None,
         buffer: str = "memory",
+        rules: str | None = None,
     ) -> None:
         super().__init__(workdir)
         self.buffer = buffer
+        self.rules = rules_toml(payload) if rules is None else rules
         self.api_port = free_port()
         self.config = workdir / "rules.toml"
         self.command = [
@@ -163,6 +179,8 @@ class BridgeTarget(Target):
         self.cprofile = cprofile
         # (wall time, records buffered or in flight, intake paused) at every stored() poll
         self.samples: list[tuple[float, int, bool]] = []
+        self.peak_queued_bytes = 0  # the largest queuing_bytes seen at a stored() poll
+        self.budget_bytes = 0  # --buffer-bytes, as the bridge reports it
         self._http = httpx.AsyncClient(timeout=5.0)
 
     @property
@@ -177,7 +195,7 @@ class BridgeTarget(Target):
 
     async def start(self, timeout: float = 60.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(rules_toml(self.payload))
+        self.config.write_text(self.rules)
         self._spawn(self.command_line())
         deadline = time.monotonic() + timeout
         while True:
@@ -200,6 +218,9 @@ class BridgeTarget(Target):
         queued = metric_sum(text, "hstream_bridge_queuing_records")
         paused = metric_sum(text, "hstream_bridge_intake_paused")
         self.samples.append((time.time(), int(queued), paused > 0))
+        queued_bytes = int(metric_sum(text, "hstream_bridge_queuing_bytes"))
+        self.peak_queued_bytes = max(self.peak_queued_bytes, queued_bytes)
+        self.budget_bytes = int(metric_sum(text, "hstream_bridge_buffer_budget_bytes"))
         return int(metric_sum(text, SUCCESS_METRIC))
 
     async def problems(self) -> dict[str, float]:

@@ -4,20 +4,37 @@
     .venv/bin/python -m bench.pipeline --quick               # smoke run, 20,000 messages
     .venv/bin/python -m bench.pipeline --cells bridge --profile py-spy
     .venv/bin/python -m bench.pipeline --cells bridge,bridge-disk,latency,latency-disk
+    .venv/bin/python -m bench.pipeline --payload telemetry --publishers-client c --publishers 4 \
+        --cells ceiling,ceiling-c,bridge,bridge-json,bridge@gmqtt,fanout
 
 Every cell gets a fresh Mosquitto (own config, free 127.0.0.1 port, no in-flight or queue
 limits) and, where records are stored, a fresh store subprocess
 (`python -m bridge.hstream.store`) holding a pre-created stream `bench`. Publisher processes
 (gmqtt, one connection each, QoS 1, every PUBACK awaited, 1000 in flight per connection) send
 200-byte JSON payloads that carry their publish time and a sequence number, on
-`bench/dNNN/data` for 100 devices. Cells:
+`bench/dNNN/data` for 100 devices. `--payload telemetry` sends a realistic ~170-byte telemetry
+reading instead (publish time in ms, device, values and sequence number varying; bench/_load.py).
+`--publishers-client c` publishes with `mosquitto_pub -l -q 1` processes fed one message per line
+(one topic per process: `bench/d000/data`, `bench/d001/data`, ...); their CPU is reported with
+the feeding processes'. A cell name may end in `@CLIENT` to use other publishers for that cell
+(`bridge@gmqtt`). Cells:
 
 - ceiling: a gmqtt subscriber (MQTT 5, QoS 1) that only counts: what broker and publishers allow.
+- ceiling-c: `mosquitto_sub -q 1 -C N` printing nothing (the real limit: a C subscriber that
+  counts), started and subscribed (its QoS 1 subscription seen in the broker's log) before the
+  publishers start; msg/s is N / (its exit - first publish), CPU from its rusage.
 - bridge: `python -m bridge run` with one rule `bench/{dev}/data` -> stream `bench`, key `${dev}`,
   payload raw; bridge-json: the same with payload json (a protobuf Struct per record).
 - reference: `bench/reference_bridge.py`, paho-mqtt + the official client's BufferedProducer,
   which acks before the store confirms (at-most-once).
 - latency: the bridge again, with publishers paced at half the bridge's measured peak.
+- fanout (not in the default run): 10,000 device topics `fleet/site-SSS/dev-DDDD/telemetry`
+  through the rule `fleet/{site}/{device}/telemetry` -> stream `fleet_${site}` (100 streams the
+  bridge creates with `--stream-shards`, default 4), key `${device}`, payload raw; one warm-up
+  message per site creates the streams before the timed part. Needs publishers that vary the
+  topic: with `--publishers-client c` it uses gmqtt. Compared with the `bridge` cell of the same
+  publishers (target: >= 0.8x its msg/s); the bridge's peak RSS is set against its byte budget
+  (`--buffer-bytes`, read from its /metrics) and the most it had buffered (peak queuing_bytes).
 - bridge-disk, latency-disk (not in the default run): the bridge and latency cells again with
   `--buffer disk`: each message is acknowledged once its record is fsync'd to the bridge's
   buffer (under its data dir, in the same temporary directory as the memory-mode cells' and so
@@ -28,6 +45,9 @@ limits) and, where records are stored, a fresh store subprocess
   (hstream_bridge_disk_buffer_*) before the publishers start and after the last record is
   stored; fsyncs/s is over the same span as msg/s. The ratios compare bridge-disk with bridge
   of the same run (target: >= 0.8x the msg/s).
+
+bridge-json is compared with bridge (same publishers, same payload): targets >= 0.85x the msg/s
+and <= 1.3x the CPU per message.
 
 msg/s is N / (last record's store time - first publish time); publish-to-stored latency is the
 store's `publish_time` (stamped at append, ms) minus the payload's timestamp, over every record
@@ -55,24 +75,44 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._load import CeilingSubscriber, LoadResult, PublisherPool, parse, publish_warmup
+from bench._load import (
+    FLEET_SITES,
+    PAYLOADS,
+    CeilingSubscriber,
+    CSubscriber,
+    LoadResult,
+    PublisherPool,
+    Shape,
+    parse,
+    publish_warmup,
+)
 from bench._profile import PySpy, top_self_cprofile, top_self_folded
-from bench._targets import BridgeTarget, ReferenceTarget, Target
+from bench._targets import BridgeTarget, ReferenceTarget, Target, fleet_rules_toml
 from bench._watch import Usage, Watch
 from bridge.hstream.client import HStreamClient
 from tests.support.mosquitto import Mosquitto, find_mosquitto
-from tests.support.store import StoreProcess
+from tests.support.store import REPO_ROOT, StoreProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_CELLS = ("ceiling", "bridge", "bridge-json", "reference", "latency")
-ALL_CELLS = (*DEFAULT_CELLS, "bridge-disk", "latency-disk")
-PROFILED_CELLS = ("bridge", "bridge-json", "bridge-disk")
+DEFAULT_CELLS = ("ceiling", "ceiling-c", "bridge", "bridge-json", "reference", "latency")
+ALL_CELLS = (*DEFAULT_CELLS, "bridge-disk", "latency-disk", "fanout")
+PROFILED_CELLS = ("bridge", "bridge-json", "bridge-disk", "fanout")
+CLIENTS = ("gmqtt", "paho", "c")
 DISK_TARGET = 0.8  # bridge-disk msg/s at least this share of bridge's
+JSON_RATE_TARGET = 0.85  # bridge-json msg/s at least this share of bridge's
+JSON_CPU_TARGET = 1.3  # bridge-json CPU per message at most this multiple of bridge's
+FANOUT_TARGET = 0.8  # fanout msg/s at least this share of bridge's (same publishers)
 STREAM = "bench"
+FLEET_STREAM_PREFIX = "fleet_"
 TIMELINE_STEP = 0.1  # seconds per row of --timeline
 # Mosquitto's test config already lifts the in-flight and queue limits; say so explicitly here
 # too, so the broker queues for a slow subscriber instead of dropping.
-BROKER_CONFIG = "max_inflight_messages 0\nmax_queued_messages 10000000\nmax_queued_bytes 0\n"
+# `log_type subscribe` logs each subscription with its QoS: how ceiling-c knows mosquitto_sub
+# is subscribed before the publishers start.
+BROKER_CONFIG = (
+    "max_inflight_messages 0\nmax_queued_messages 10000000\nmax_queued_bytes 0\n"
+    "log_type subscribe\n"
+)
 
 
 @dataclass(slots=True)
@@ -97,6 +137,11 @@ class CellResult:
     disk: bool = False  # the bridge ran with --buffer disk
     written: int = 0  # records written to the disk buffer during the cell
     fsyncs: int = 0  # the disk buffer's fsyncs during the cell
+    client: str = ""  # the publishers' client
+    has_latency: bool = True  # False for the count-only C subscriber
+    published: int = 0  # messages the publishers sent (and had acknowledged)
+    budget: int = 0  # the bridge's --buffer-bytes (bytes)
+    peak_queued: int = 0  # the most the bridge had buffered (queuing_bytes), bytes
 
     @property
     def cpu_per_1k(self) -> float:
@@ -118,6 +163,7 @@ class Context:
     profiles: list[str] = field(default_factory=list)
     bridge_peak: float = 0.0
     bridge_disk_peak: float = 0.0
+    encoder: str = ""  # json_encoder() at the start of the run
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -131,9 +177,10 @@ def percentile(ordered: list[float], q: float) -> float:
 
 @contextlib.asynccontextmanager
 async def broker_and_store(
-    ctx: Context, cell: str, with_store: bool
+    ctx: Context, cell: str, with_store: bool, create_stream: bool = True
 ) -> AsyncIterator[tuple[Mosquitto, StoreProcess | None]]:
-    """A fresh broker and (optionally) a fresh store with the stream `bench`; both stopped after."""
+    """A fresh broker and (optionally) a fresh store with the stream `bench` (unless
+    create_stream is False: the fan-out's streams are made by the bridge); both stopped after."""
     directory = ctx.workdir / cell
     directory.mkdir(parents=True, exist_ok=True)
     broker = Mosquitto(directory / "mosquitto", extra_config=BROKER_CONFIG)
@@ -143,8 +190,9 @@ async def broker_and_store(
         if with_store:
             store = StoreProcess(directory / "store")
             await store.start()
-            async with HStreamClient(store.url) as client:
-                await client.create_stream(STREAM, shard_count=ctx.args.shards)
+            if create_stream:
+                async with HStreamClient(store.url) as client:
+                    await client.create_stream(STREAM, shard_count=ctx.args.shards)
         yield broker, store
     finally:
         if store is not None:
@@ -152,15 +200,29 @@ async def broker_and_store(
         broker.close()
 
 
-async def read_back(store: StoreProcess) -> list[tuple[float, float, int]]:
-    """(store publish_time, payload timestamp, seq) of every record in `bench`, warm-up excluded."""
+async def read_back(store: StoreProcess, streams: list[str]) -> list[tuple[float, float, int]]:
+    """(store publish_time, payload timestamp, seq) of every record in `streams`, warm-up
+    excluded."""
     rows: list[tuple[float, float, int]] = []
-    async with HStreamClient(store.url) as client, client.read_stream(STREAM) as reader:
-        async for record in reader:
-            ts, seq = parse(record.payload)
-            if seq >= 0:
-                rows.append((record.publish_time, ts, seq))
+    async with HStreamClient(store.url) as client:
+        for stream in streams:
+            async with client.read_stream(stream) as reader:
+                async for record in reader:
+                    ts, seq = parse(record.payload)
+                    if seq >= 0:
+                        rows.append((record.publish_time, ts, seq))
     return rows
+
+
+async def fleet_streams(store: StoreProcess) -> dict[str, int]:
+    """The fan-out's streams in the store and their shard counts."""
+    async with HStreamClient(store.url) as client:
+        names = [s.name for s in await client.list_streams()]
+        return {
+            name: len(await client.list_shards(name))
+            for name in sorted(names)
+            if name.startswith(FLEET_STREAM_PREFIX)
+        }
 
 
 def summarise(result: CellResult, rows: list[tuple[float, float, int]], start: float) -> None:
@@ -219,30 +281,41 @@ async def finish_publishers(publishing: "asyncio.Task[LoadResult]") -> LoadResul
 
 
 def start_publishers(
-    ctx: Context, broker: Mosquitto, messages: int, rate: float | None
+    ctx: Context, broker: Mosquitto, messages: int, rate: float | None, client: str, shape: Shape
 ) -> PublisherPool:
     pool = PublisherPool(
         broker.host, broker.port, messages=messages, publishers=ctx.args.publishers, rate=rate,
-        window=ctx.args.window, timeout=ctx.args.cell_timeout, client=ctx.args.publisher_client,
+        window=ctx.args.window, timeout=ctx.args.cell_timeout, client=client, shape=shape,
+        broker_log=broker.log_file,
     )  # fmt: skip
     pool.connect()
     return pool
 
 
+def add_publisher_usage(result: CellResult, load: LoadResult) -> None:
+    """The C publishers' mosquitto_pub children (CPU from their rusage) next to their feeders."""
+    for index, cpu in load.children.items():
+        result.usage[f"publisher{index}-mosquitto_pub"] = Usage(cpu)
+    result.published = load.published
+    if load.published != result.messages:
+        result.notes.append(f"publishers sent {load.published:,} of {result.messages:,}")
+
+
 # --- cells ---------------------------------------------------------------------------------
 
 
-async def ceiling_cell(ctx: Context) -> CellResult:
+async def ceiling_cell(ctx: Context, cell: str, title: str, client: str) -> CellResult:
     messages = ctx.args.messages
-    result = CellResult("ceiling: gmqtt count-only subscriber", messages)
-    async with broker_and_store(ctx, "ceiling", with_store=False) as (broker, _):
+    shape = Shape(ctx.args.payload)
+    result = CellResult(title, messages)
+    async with broker_and_store(ctx, cell, with_store=False) as (broker, _):
         subscriber = CeilingSubscriber(broker.host, broker.port, messages, ctx.args.cell_timeout)
         try:
             await asyncio.to_thread(subscriber.start)
-            await asyncio.to_thread(publish_warmup, broker.host, broker.port)
+            await asyncio.to_thread(publish_warmup, broker.host, broker.port, shape)
             if not await asyncio.to_thread(subscriber.warm.wait, 10.0):
                 raise TimeoutError("the warm-up message did not reach the subscriber")
-            with start_publishers(ctx, broker, messages, None) as pool:
+            with start_publishers(ctx, broker, messages, None, client, shape) as pool:
                 pids = {"subscriber": subscriber.pid, "broker": broker_pid(broker)}
                 pids |= {f"publisher{i}": pid for i, pid in enumerate(pool.pids)}
                 watch = Watch(pids)
@@ -261,7 +334,45 @@ async def ceiling_cell(ctx: Context) -> CellResult:
     result.p50, result.p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     result.cpu = report.cpu_seconds
     result.rss = result.usage["subscriber"].peak_rss_mb
+    add_publisher_usage(result, load)
     result.notes.append("latency = publish to receive (nothing stored)")
+    return result
+
+
+async def ceiling_c_cell(ctx: Context, cell: str, title: str, client: str) -> CellResult:
+    """`mosquitto_sub -q 1 -C N`, subscribed before the publishers connect; no warm-up message
+    (it prints nothing, so one could not be seen): every message it counts is a timed one."""
+    messages = ctx.args.messages
+    shape = Shape(ctx.args.payload)
+    result = CellResult(title, messages, has_latency=False)
+    async with broker_and_store(ctx, cell, with_store=False) as (broker, _):
+        subscriber = CSubscriber(
+            broker.host, broker.port, messages, ctx.args.cell_timeout, broker.log_file
+        )
+        try:
+            await asyncio.to_thread(subscriber.start)
+            with start_publishers(ctx, broker, messages, None, client, shape) as pool:
+                pids = {"subscriber": subscriber.pid, "broker": broker_pid(broker)}
+                pids |= {f"publisher{i}": pid for i, pid in enumerate(pool.pids)}
+                watch = Watch(pids)
+                watch.start()
+                pool.start()
+                report = await asyncio.to_thread(subscriber.wait)
+                result.usage = watch.stop()
+                load = await finish_publishers(asyncio.create_task(asyncio.to_thread(pool.wait)))
+        finally:
+            subscriber.close()
+    if report.error:
+        raise RuntimeError(f"ceiling-c subscriber: {report.error}")
+    result.stored = report.received
+    result.rate = report.received / (report.last_at - load.start)
+    # CPU from its rusage (to its last instruction; the watch may miss its last 50 ms); RSS as
+    # sampled (rusage's maxrss would count the harness's memory it was forked with).
+    sampled = result.usage["subscriber"]
+    result.usage["subscriber"] = Usage(report.cpu_seconds, sampled.peak_rss)
+    result.cpu, result.rss = report.cpu_seconds, sampled.peak_rss_mb
+    add_publisher_usage(result, load)
+    result.notes.append("count only: no latency; CPU from its rusage (whole life)")
     return result
 
 
@@ -278,20 +389,29 @@ async def store_cell(
     make_target: Callable[[Path, Mosquitto, StoreProcess], Target],
     *,
     messages: int,
+    client: str,
     rate: float | None = None,
     profile: bool = False,
+    shape: Shape | None = None,
 ) -> CellResult:
-    """One cell with a store: start X, warm up, publish, wait until all are stored, read back."""
-    result = CellResult(title, messages)
-    async with broker_and_store(ctx, cell, with_store=True) as (broker, store):
+    """One cell with a store: start X, warm up, publish, wait until all are stored, read back.
+
+    With the fleet topics the streams are the bridge's (`fleet_*`, made at the warm-up)."""
+    shape = shape or Shape(ctx.args.payload)
+    fleet = shape.topics == "fleet"
+    result = CellResult(title, messages, client=client)
+    async with broker_and_store(ctx, cell, with_store=True, create_stream=not fleet) as (
+        broker,
+        store,
+    ):
         assert store is not None
         target = make_target(ctx.workdir / cell, broker, store)
         spy: PySpy | None = None
         try:
             await target.start()
-            await asyncio.to_thread(publish_warmup, broker.host, broker.port)
-            await target.wait_stored(1, 30.0, "the warm-up message")
-            with start_publishers(ctx, broker, messages, rate) as pool:
+            warmups = await asyncio.to_thread(publish_warmup, broker.host, broker.port, shape)
+            await target.wait_stored(warmups, 60.0, f"{warmups} warm-up message(s)")
+            with start_publishers(ctx, broker, messages, rate, client, shape) as pool:
                 pids = {target.name: target.pid, "broker": broker_pid(broker)}
                 pids |= {"store": store.pid or 0}
                 pids |= {f"publisher{i}": pid for i, pid in enumerate(pool.pids)}
@@ -307,13 +427,15 @@ async def store_cell(
                 pool.start()
                 publishing = asyncio.create_task(asyncio.to_thread(pool.wait))
                 try:
-                    await wait_progress(target, messages + 1, publishing, ctx)
+                    await wait_progress(target, messages + warmups, publishing, ctx)
                 finally:
                     result.usage = watch.stop()
                     if spy is not None:
                         spy.stop()
                 load = await finish_publishers(publishing)
+            add_publisher_usage(result, load)
             if isinstance(target, BridgeTarget):
+                result.budget, result.peak_queued = target.budget_bytes, target.peak_queued_bytes
                 problems = {k: v for k, v in (await target.problems()).items() if v}
                 if problems:
                     result.notes.append(f"bridge metrics: {problems}")
@@ -334,7 +456,15 @@ async def store_cell(
                 shutil.copyfile(target.log_path, RESULTS / f"{cell}.log")
             if isinstance(target, ReferenceTarget) and (empty := target.empty_flushes()):
                 result.notes.append(f'producer logged "Empty payloads, ignored." {empty} times')
-        rows = await read_back(store)
+        streams = [STREAM]
+        if fleet:
+            shards = await fleet_streams(store)
+            streams = list(shards)
+            counts = collections.Counter(shards.values())
+            result.notes.append(
+                ", ".join(f"{n} streams of {k} shards" for k, n in sorted(counts.items()))
+            )
+        rows = await read_back(store, streams)
     summarise(result, rows, load.start)
     if result.disk:
         result.notes.append(
@@ -371,14 +501,19 @@ def report_profile(ctx: Context, cell: str, target: Target) -> None:
 
 
 def bridge_factory(
-    ctx: Context, payload: str, cell: str, profile: bool, buffer: str = "memory"
-) -> Callable[[Path, Mosquitto, StoreProcess], Target]:
+    ctx: Context, payload: str, cell: str, profile: bool, buffer: str = "memory",
+    fleet: bool = False,
+) -> Callable[[Path, Mosquitto, StoreProcess], Target]:  # fmt: skip
     def make(workdir: Path, broker: Mosquitto, store: StoreProcess) -> Target:
         cprofiled = profile and ctx.args.profile == "cprofile"
         cprofile = RESULTS / f"{cell}.pstats" if cprofiled else None
+        extra = shlex.split(ctx.args.bridge_args)
+        if fleet:
+            extra += ["--stream-shards", str(ctx.args.fanout_shards)]
         return BridgeTarget(
             workdir, mqtt_url=broker.url, hstream_url=store.url, payload=payload,
-            extra_args=shlex.split(ctx.args.bridge_args), cprofile=cprofile, buffer=buffer,
+            extra_args=extra, cprofile=cprofile, buffer=buffer,
+            rules=fleet_rules_toml(payload) if fleet else None,
         )  # fmt: skip
 
     return make
@@ -395,33 +530,70 @@ def reference_factory(ctx: Context) -> Callable[[Path, Mosquitto, StoreProcess],
     return make
 
 
-async def run_cell(ctx: Context, cell: str) -> CellResult:
+def split_cell(spec: str, default_client: str) -> tuple[str, str]:
+    """`bridge@gmqtt` -> ("bridge", "gmqtt"); `bridge` -> ("bridge", the --publishers-client)."""
+    name, _, client = spec.partition("@")
+    return name, client or default_client
+
+
+async def run_cell(ctx: Context, spec: str) -> CellResult:
     args = ctx.args
+    cell, client = split_cell(spec, args.publisher_client)
+    fallback = ""
+    if cell == "fanout" and client == "c":
+        client, fallback = "gmqtt", "gmqtt publishers (mosquitto_pub -l has one topic)"
+    # Other publishers than the run's: said in the cell's name.
+    tag = f" ({client} publishers)" if client != args.publisher_client and not fallback else ""
     profile = args.profile is not None and cell in PROFILED_CELLS
+    result = await run_named_cell(ctx, spec, cell, client, profile, tag)
+    result.client = client
+    if fallback:
+        result.notes.append(fallback)
+    return result
+
+
+async def run_named_cell(
+    ctx: Context, spec: str, cell: str, client: str, profile: bool, tag: str
+) -> CellResult:
+    args = ctx.args
     if cell == "ceiling":
-        return await ceiling_cell(ctx)
+        return await ceiling_cell(ctx, spec, f"ceiling: gmqtt count-only subscriber{tag}", client)
+    if cell == "ceiling-c":
+        title = f"ceiling: mosquitto_sub -q 1 -C N count-only (C){tag}"
+        return await ceiling_c_cell(ctx, spec, title, client)
     if cell in ("bridge", "bridge-json"):
         payload = "raw" if cell == "bridge" else "json"
         result = await store_cell(
-            ctx, cell, f"bridge, payload {payload}", bridge_factory(ctx, payload, cell, profile),
-            messages=args.messages, profile=profile,
+            ctx, spec, f"bridge, payload {payload}{tag}",
+            bridge_factory(ctx, payload, spec, profile), messages=args.messages, client=client,
+            profile=profile,
         )  # fmt: skip
-        if cell == "bridge" and not result.error:
+        if spec == "bridge" and not result.error:
             ctx.bridge_peak = result.rate
         return result
+    if cell == "fanout":
+        title = (
+            f"fan-out: bridge, payload raw, 10,000 topics -> {FLEET_SITES} streams x "
+            f"{args.fanout_shards} shards{tag}"
+        )
+        return await store_cell(
+            ctx, spec, title, bridge_factory(ctx, "raw", spec, profile, fleet=True),
+            messages=args.messages, client=client, profile=profile,
+            shape=Shape(args.payload, "fleet"),
+        )  # fmt: skip
     if cell == "bridge-disk":
         result = await store_cell(
-            ctx, cell, "bridge, payload raw, --buffer disk",
-            bridge_factory(ctx, "raw", cell, profile, buffer="disk"),
-            messages=args.messages, profile=profile,
+            ctx, spec, f"bridge, payload raw, --buffer disk{tag}",
+            bridge_factory(ctx, "raw", spec, profile, buffer="disk"),
+            messages=args.messages, client=client, profile=profile,
         )  # fmt: skip
-        if not result.error:
+        if spec == "bridge-disk" and not result.error:
             ctx.bridge_disk_peak = result.rate
         return result
     if cell == "reference":
         result = await store_cell(
-            ctx, cell, "reference: paho + hstreamdb BufferedProducer", reference_factory(ctx),
-            messages=args.messages,
+            ctx, spec, f"reference: paho + hstreamdb BufferedProducer{tag}",
+            reference_factory(ctx), messages=args.messages, client=client,
         )  # fmt: skip
         result.notes.append("acks before stored: at-most-once")
         return result
@@ -434,9 +606,9 @@ async def run_cell(ctx: Context, cell: str) -> CellResult:
         messages = max(1, int(rate * args.latency_seconds))
         mode = ", --buffer disk" if disk else ""
         result = await store_cell(
-            ctx, cell, f"bridge, payload raw{mode}, paced at {rate:,.0f} msg/s",
-            bridge_factory(ctx, "raw", cell, False, buffer="disk" if disk else "memory"),
-            messages=messages, rate=rate,
+            ctx, spec, f"bridge, payload raw{mode}, paced at {rate:,.0f} msg/s{tag}",
+            bridge_factory(ctx, "raw", spec, False, buffer="disk" if disk else "memory"),
+            messages=messages, client=client, rate=rate,
         )  # fmt: skip
         result.rate_target = rate
         budget = linger(args) + 0.050
@@ -470,8 +642,9 @@ def table(results: list[CellResult]) -> str:
         if r.error:
             lines.append(f"| {r.name} | FAILED | | | | | | | {r.error.splitlines()[0][:200]} |")
             continue
+        p50, p99 = (f"{r.p50 * 1000:,.1f}", f"{r.p99 * 1000:,.1f}") if r.has_latency else ("-", "-")
         lines.append(
-            f"| {r.name} | {r.rate:,.0f} | {r.p50 * 1000:,.1f} | {r.p99 * 1000:,.1f} | "
+            f"| {r.name} | {r.rate:,.0f} | {p50} | {p99} | "
             f"{r.cpu:.2f} | {r.cpu_per_1k:.3f} | {r.rss:.0f} | {r.stored:,}/{r.messages:,} | "
             f"{'; '.join(r.notes)} |"
         )
@@ -487,33 +660,109 @@ def usage_table(results: list[CellResult]) -> str:
         if r.error or not r.usage:
             continue
         pub = sum(u.cpu_seconds for name, u in r.usage.items() if name.startswith("publisher"))
+        c_pub = sum(u.cpu_seconds for name, u in r.usage.items() if name.endswith("mosquitto_pub"))
+        shown = f"{pub:.2f}"
+        if any(name.endswith("mosquitto_pub") for name in r.usage):
+            shown += f" (mosquitto_pub {c_pub:.2f}, feeders {pub - c_pub:.2f})"
         broker = r.usage.get("broker", Usage()).cpu_seconds
         store = r.usage["store"].cpu_seconds if "store" in r.usage else None
         lines.append(
             f"| {r.name} | {r.cpu:.2f} | {broker:.2f} | "
-            f"{'-' if store is None else f'{store:.2f}'} | {pub:.2f} |"
+            f"{'-' if store is None else f'{store:.2f}'} | {shown} |"
         )
     return "\n".join(lines)
 
 
-def ratios(results: list[CellResult]) -> str:
-    by = {r.name.split(":")[0].split(",")[0]: r for r in results if not r.error}
-    named = {r.name: r for r in results if not r.error}
-    bridge = next((r for n, r in named.items() if n == "bridge, payload raw"), None)
+def find(results: list[CellResult], cell: str, client: str | None = None) -> CellResult | None:
+    """The first successful cell named `cell` (without its @client), of `client`'s publishers."""
+    for r in results:
+        if not r.error and r.cell.partition("@")[0] == cell and client in (None, r.client):
+            return r
+    return None
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def ratios(results: list[CellResult], client: str) -> str:
+    """Ratios between cells of this run with the same publishers (`client`: the run's)."""
+    raw, json = find(results, "bridge", client), find(results, "bridge-json", client)
     out = []
-    if bridge is not None:
-        ceiling, reference = by.get("ceiling"), by.get("reference")
-        if ceiling is not None and ceiling.rate:
-            out.append(f"- bridge / ceiling msg/s: {bridge.rate / ceiling.rate:.2f}")
-        if reference is not None and reference.rate:
-            out.append(f"- bridge / reference msg/s: {bridge.rate / reference.rate:.2f}")
-            if bridge.cpu_per_1k:
-                out.append(
-                    "- reference / bridge CPU per 1k msgs: "
-                    f"{reference.cpu_per_1k / bridge.cpu_per_1k:.2f}"
-                )
+    for name, label in (("ceiling", "gmqtt subscriber"), ("ceiling-c", "C subscriber")):
+        ceiling = find(results, name, client)
+        if ceiling is None or not ceiling.rate:
+            continue
+        parts = [
+            f"{kind} **{r.rate / ceiling.rate:.2f}** ({r.rate:,.0f} / {ceiling.rate:,.0f})"
+            for kind, r in (("raw", raw), ("json", json))
+            if r is not None
+        ]
+        if parts:
+            out.append(f"- bridge / ceiling ({label}) msg/s: " + ", ".join(parts))
+    gmqtt_ceiling, c_ceiling = find(results, "ceiling", client), find(results, "ceiling-c", client)
+    if gmqtt_ceiling is not None and c_ceiling is not None and c_ceiling.rate:
+        out.append(
+            f"- gmqtt ceiling / C ceiling msg/s: {gmqtt_ceiling.rate / c_ceiling.rate:.2f}; "
+            f"CPU per 1k msgs, gmqtt / C subscriber: "
+            f"{gmqtt_ceiling.cpu_per_1k / max(c_ceiling.cpu_per_1k, 1e-9):.1f}x"
+        )
+    reference = find(results, "reference", client)
+    if raw is not None and reference is not None and reference.rate:
+        out.append(f"- bridge / reference msg/s: {raw.rate / reference.rate:.2f}")
+        if raw.cpu_per_1k:
+            out.append(
+                f"- reference / bridge CPU per 1k msgs: {reference.cpu_per_1k / raw.cpu_per_1k:.2f}"
+            )
+    if raw is not None and json is not None and raw.rate and raw.cpu_per_1k:
+        share, cost = json.rate / raw.rate, json.cpu_per_1k / raw.cpu_per_1k
+        out.append(
+            f"- json / raw msg/s: **{share:.2f}** ({json.rate:,.0f} / {raw.rate:,.0f}; target >= "
+            f"{JSON_RATE_TARGET}: {verdict(share >= JSON_RATE_TARGET)})"
+        )
+        out.append(
+            f"- json / raw CPU per message: **{cost:.2f}** ({json.cpu_per_1k * 1000:.1f} / "
+            f"{raw.cpu_per_1k * 1000:.1f} us; target <= {JSON_CPU_TARGET}: "
+            f"{verdict(cost <= JSON_CPU_TARGET)})"
+        )
+    out += fanout_ratios(results)
     out += disk_ratios(results)
     return "\n".join(out)
+
+
+def fanout_ratios(results: list[CellResult]) -> list[str]:
+    """The fan-out against the single-stream raw cell of the same publishers, and its memory."""
+    fan = find(results, "fanout")
+    if fan is None:
+        return []
+    out = []
+    base = find(results, "bridge", fan.client)
+    if base is not None and base.rate:
+        share = fan.rate / base.rate
+        out.append(
+            f"- fanout / bridge raw (one stream, {fan.client} publishers) msg/s: **{share:.2f}** "
+            f"({fan.rate:,.0f} / {base.rate:,.0f}; target >= {FANOUT_TARGET}: "
+            f"{verdict(share >= FANOUT_TARGET)}); CPU per message "
+            f"{fan.cpu_per_1k / max(base.cpu_per_1k, 1e-9):.2f}x"
+        )
+    else:
+        out.append(
+            f"- fanout: no bridge raw cell of {fan.client} publishers in this run to compare"
+        )
+    if fan.budget:
+        mib = 2**20
+        over = fan.rss - fan.budget / mib
+        line = (
+            f"- fanout memory: peak RSS {fan.rss:.0f} MiB against --buffer-bytes "
+            f"{fan.budget / mib:.0f} MiB ({over:+.0f} MiB over the budget); "
+            f"the most it buffered was {fan.peak_queued / mib:.1f} MiB (queuing_bytes at a 50 ms "
+            f"poll), so the constant beyond what the budget counts is "
+            f"~{fan.rss - fan.peak_queued / mib:.0f} MiB"
+        )
+        if base is not None:
+            line += f" (bridge raw, one stream: peak RSS {base.rss:.0f} MiB)"
+        out.append(line)
+    return out
 
 
 def disk_ratios(results: list[CellResult]) -> list[str]:
@@ -593,6 +842,57 @@ def machine() -> str:
     )
 
 
+PAYLOAD_TEXT = {
+    "padded": "200-byte JSON",
+    "telemetry": "~170-byte telemetry JSON (varying device, values and seq)",
+}
+
+
+def publishers_text(args: argparse.Namespace) -> str:
+    if args.publisher_client == "c":
+        return (
+            f"{args.publishers} `mosquitto_pub -l -q 1 -M {args.window}` publishers, each fed "
+            "lines by its own Python process, one topic each"
+        )
+    return f"{args.publishers} {args.publisher_client} publisher processes, one connection each"
+
+
+def json_encoder() -> str:
+    """What a json rule's records are encoded with, read from the tree as it is at the start of
+    the run (another change may be in progress): the call in bridge/router.py, and whether a
+    fresh interpreter loads structenc's compiled module (`structenc.COMPILED`)."""
+    router = (REPO_ROOT / "bridge" / "router.py").read_text()
+    if "json_struct_bytes(" in router:
+        used = "bridge/router.py calls records.json_struct_bytes (orjson + structenc)"
+    elif "struct_bytes(json_object(" in router:
+        used = (
+            "bridge/router.py calls struct_bytes(json_object(...)) (stdlib json.loads, protobuf "
+            "Struct.update + SerializeToString)"
+        )
+    else:
+        used = "bridge/router.py: json encoder not recognised"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import bridge.hstream.structenc as s; print(s.COMPILED)"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if probe.returncode == 0:
+        compiled = probe.stdout.strip() == "True"
+        used += f"; structenc.COMPILED = {compiled}" + (
+            " (the C extension)" if compiled else " (the pure-Python fallback)"
+        )
+    else:
+        used += "; no importable bridge.hstream.structenc"
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "bridge"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.splitlines()
+    changed = [line[3:] for line in status if line.strip()]
+    where = f"HEAD {head}" + (f"; uncommitted in the tree: {', '.join(changed)}" if changed else "")
+    return f"{used} ({where})"
+
+
 def render(ctx: Context, results: list[CellResult], started_load: str) -> str:
     args = ctx.args
     command = ".venv/bin/python -m bench.pipeline " + shlex.join(sys.argv[1:])
@@ -601,14 +901,14 @@ def render(ctx: Context, results: list[CellResult], started_load: str) -> str:
         "",
         table(results),
         "",
-        ratios(results),
+        ratios(results, args.publisher_client),
         "",
         "Process CPU seconds during each cell (everything shares the cores):",
         "",
         usage_table(results),
         "",
-        f"Setup: {args.publishers} gmqtt publisher processes ({args.publisher_client}), "
-        f"QoS 1, 200-byte JSON, {args.window} in flight each; stream `{STREAM}` with "
+        f"Setup: {publishers_text(args)}; QoS 1, {PAYLOAD_TEXT[args.payload]}, "
+        f"{args.window} in flight each; stream `{STREAM}` with "
         f"{args.shards} shard(s); bridge args: `{args.bridge_args or '(defaults)'}`; reference: "
         f"size_trigger {args.size_trigger} B, time_trigger {args.time_trigger} s, "
         f"{args.shards} worker(s).",
@@ -619,6 +919,7 @@ def render(ctx: Context, results: list[CellResult], started_load: str) -> str:
         "",
         machine(),
         f"- load average at the start: {started_load}",
+        f"- JSON encoder: {ctx.encoder}",
     ]
     if ctx.profiles:
         parts += ["", *ctx.profiles]
@@ -634,13 +935,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--messages", type=int, default=200_000, help="messages per cell")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
-    parser.add_argument("--publisher-client", choices=["gmqtt", "paho"], default="gmqtt")
+    parser.add_argument(
+        "--publishers-client",
+        "--publisher-client",
+        dest="publisher_client",
+        choices=CLIENTS,
+        default="gmqtt",
+        help="gmqtt or paho processes, or c: mosquitto_pub -l -q 1 processes fed lines",
+    )
+    parser.add_argument(
+        "--payload",
+        choices=PAYLOADS,
+        default="padded",
+        help="padded: 200-byte JSON; telemetry: a ~170-byte telemetry reading",
+    )
+    parser.add_argument(
+        "--fanout-shards", type=int, default=4, help="shards of each fan-out stream"
+    )
     parser.add_argument("--window", type=int, default=1000, help="in-flight per publisher")
     parser.add_argument(
         "--cells",
         default=",".join(DEFAULT_CELLS),
         help=f"comma-separated cells, of: {', '.join(ALL_CELLS)} "
-        f"(default: {', '.join(DEFAULT_CELLS)})",
+        f"(default: {', '.join(DEFAULT_CELLS)}); CELL@CLIENT runs it with other publishers",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 messages")
     parser.add_argument("--shards", type=int, default=1, help="shards of the stream")
@@ -663,8 +980,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="give up when publishing is over and nothing was stored for this long",
     )
     parser.add_argument("--profile", choices=["py-spy", "cprofile"], default=None,
-                        help="profile the bridge in the bridge, bridge-json and bridge-disk "
-                        "cells")  # fmt: skip
+                        help="profile the bridge in the bridge, bridge-json, bridge-disk and "
+                        "fanout cells")  # fmt: skip
     parser.add_argument("--timeline", action="store_true",
                         help="add published/stored counts per 100 ms for each cell")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS / "pipeline.md")
@@ -674,9 +991,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.latency_seconds = min(args.latency_seconds, 2.0)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    unknown = sorted(set(cells) - set(ALL_CELLS))
+    unknown = sorted(
+        c for c in cells
+        if split_cell(c, args.publisher_client)[0] not in ALL_CELLS
+        or split_cell(c, args.publisher_client)[1] not in CLIENTS
+    )  # fmt: skip
     if unknown:
-        parser.error(f"unknown cells {unknown}; known: {', '.join(ALL_CELLS)}")
+        parser.error(
+            f"unknown cells {unknown}; known: {', '.join(ALL_CELLS)}, each optionally "
+            f"@{'|@'.join(CLIENTS)}"
+        )
+    if len(set(cells)) != len(cells):
+        parser.error("a cell is named twice")
     args.cell_list = cells
     return args
 
@@ -686,7 +1012,7 @@ async def run(args: argparse.Namespace) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: list[CellResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        ctx = Context(args, Path(tmp))
+        ctx = Context(args, Path(tmp), encoder=json_encoder())
         for cell in args.cell_list:
             print(f"-- {cell} ...", file=sys.stderr, flush=True)
             t0 = time.monotonic()

@@ -60,3 +60,42 @@ def test_append_benchmark_runs_ours_and_the_official_client(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ours append_encoded" in result.stdout
     assert "official append" in result.stdout
+
+
+def test_pipeline_benchmark_c_clients_telemetry_and_fan_out(tmp_path: Path) -> None:
+    """The C subscriber ceiling, C publishers, the telemetry payload and the fan-out cell."""
+    output = tmp_path / "pipeline.md"
+    result = run(
+        "bench.pipeline",
+        "--messages", "2000",
+        "--payload", "telemetry",
+        "--publishers-client", "c",
+        "--cells", "ceiling-c,bridge,bridge-json,bridge@gmqtt,fanout",
+        "--cell-timeout", "120",
+        "--output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = output.read_text()
+    rows: dict[str, str] = {}  # the main table's row of each cell (the CPU table comes later)
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0], line)
+    for cell in (
+        "| ceiling: mosquitto_sub -q 1 -C N count-only (C)",
+        "| bridge, payload raw",  # C publishers: every message they sent was stored
+        "| bridge, payload json",
+        "| bridge, payload raw (gmqtt publishers)",
+        "| fan-out: bridge, payload raw, 10,000 topics -> 100 streams x 4 shards",
+    ):
+        assert "2,000/2,000" in rows[cell], rows[cell]
+    assert (
+        "100 streams of 4 shards"
+        in rows["| fan-out: bridge, payload raw, 10,000 topics -> 100 streams x 4 shards"]
+    )
+    assert "(mosquitto_pub " in text  # the C publishers' CPU is reported
+    assert "- bridge / ceiling (C subscriber) msg/s: raw" in text
+    assert "- json / raw msg/s:" in text
+    assert "- json / raw CPU per message:" in text
+    assert "- fanout / bridge raw (one stream, gmqtt publishers) msg/s:" in text
+    assert "- fanout memory: peak RSS" in text
+    assert "- JSON encoder: " in text
