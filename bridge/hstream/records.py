@@ -295,6 +295,42 @@ def _depth(value: Any) -> int:
     return depth - 1
 
 
+PROTOBUF_DEPTH_LIMIT = 101
+"""Message levels protobuf's Python parser (the official client's) reads back: measured, a Struct
+of 33 nested objects (3 levels each: Struct, map entry, Value) or of 50 nested lists in one field
+(2 each: ListValue, Value) parses, one more does not."""
+
+
+def _message_depth(value: Any) -> int:
+    """How deep the messages of the Struct that holds JSON object `value` nest."""
+    deepest = 1
+    stack: list[tuple[Any, int]] = [(value, 1)]  # a Struct or list and its message's level
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):  # Struct -> map entry -> Value -> (Struct or ListValue)
+            children, value_level = item.values(), depth + 2
+        else:  # ListValue -> Value -> (Struct or ListValue)
+            children, value_level = item, depth + 1
+        for child in children:
+            if isinstance(child, dict | list):
+                deepest = max(deepest, value_level + 1)
+                stack.append((child, value_level + 1))
+            else:
+                deepest = max(deepest, value_level)
+    return deepest
+
+
+def _check_message_depth(payload: bytes, value: Any) -> None:
+    """ValueError when protobuf could not read back the Struct of `value` (cheap when shallow)."""
+    if payload.count(b"{") + payload.count(b"[") * 2 // 3 > 32 and (
+        _message_depth(value) > PROTOBUF_DEPTH_LIMIT
+    ):
+        raise ValueError(
+            "JSON payload is nested too deeply for a protobuf Struct that readers can parse "
+            f"(more than {PROTOBUF_DEPTH_LIMIT} message levels, e.g. 33 nested objects)"
+        )
+
+
 def json_object(payload: bytes) -> dict[str, Any]:
     """Parse a JSON object payload that a protobuf Struct can hold; ValueError for anything else.
 
@@ -311,6 +347,7 @@ def json_object(payload: bytes) -> dict[str, Any]:
         _depth(value) > MAX_JSON_DEPTH
     ):
         raise ValueError(f"JSON payload is nested deeper than {MAX_JSON_DEPTH} levels")
+    _check_message_depth(payload, value)
     return value
 
 
@@ -329,4 +366,5 @@ def json_struct_bytes(payload: bytes) -> bytes:
         value = json_object(payload)
     if type(value) is not dict:
         raise ValueError(f"JSON payload is a {type(value).__name__}, not an object")
+    _check_message_depth(payload, value)
     return encode_struct(value, MAX_JSON_DEPTH)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from google.protobuf.message import DecodeError
 from google.protobuf.struct_pb2 import Struct
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -183,10 +184,26 @@ def test_nesting_is_refused_where_it_was(encoder: Encoder, depth: int, leaf: str
     assert outcome(lambda: json_struct_bytes(payload)) == outcome(lambda: today(payload))
 
 
-def test_the_nesting_limit_is_max_json_depth(encoder: Encoder) -> None:
-    assert json_struct_bytes(nested(MAX_JSON_DEPTH)) == today(nested(MAX_JSON_DEPTH))
-    with pytest.raises(ValueError, match="nested deeper than 100 levels"):
-        json_struct_bytes(nested(MAX_JSON_DEPTH + 1))
+def nested_objects(depth: int) -> bytes:
+    return ('{"a": ' * depth + "1" + "}" * depth).encode()
+
+
+@pytest.mark.parametrize(
+    ("make", "deepest"), [(nested_objects, 33), (nested, 50)], ids=["obj", "list"]
+)
+def test_what_is_stored_is_what_protobuf_reads_back(
+    make: Callable[[int], bytes], deepest: int
+) -> None:
+    # protobuf's parser (the official Python client's) stops at 100 message levels: a Struct of
+    # 33 nested objects or of 50 nested lists reads back, one more does not, so it is refused
+    # (and dead-lettered) rather than stored unreadable.
+    for path in (json_struct_bytes, lambda p: struct_bytes(json_object(p))):
+        readable = Struct()
+        readable.ParseFromString(path(make(deepest)))
+        with pytest.raises(ValueError, match="too deeply for a protobuf Struct"):
+            path(make(deepest + 1))
+    with pytest.raises(DecodeError):  # what storing it would have meant
+        Struct().ParseFromString(struct_bytes(json.loads(make(deepest + 1))))
 
 
 @pytest.mark.parametrize(
