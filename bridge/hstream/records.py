@@ -24,6 +24,8 @@ from google.protobuf.struct_pb2 import Struct
 from bridge.hstream._api import FLAG_JSON as FLAG_JSON  # re-exported: the record flags
 from bridge.hstream._api import FLAG_RAW as FLAG_RAW
 from bridge.hstream._api import pb
+from bridge.hstream._varint import VARINTS as _VARINTS
+from bridge.hstream._varint import varint as varint  # re-exported: bridge/hstream/_wire.py
 from bridge.hstream.structenc import encode_struct
 
 
@@ -133,19 +135,6 @@ def encode_header(flag: int, key: str = "", attributes: Mapping[str, str] | None
         flag=flag, key=key, attributes=attributes
     ).SerializeToString()
     return data
-
-
-def varint(n: int) -> bytes:
-    """A protobuf base-128 varint (for the hand-written wire formats of this package)."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_VARINTS = [varint(n) for n in range(1 << 14)]
 
 
 def with_header(header: bytes, payload: bytes) -> bytes:

@@ -20,23 +20,13 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from bridge.hstream._varint import VARINTS, varint
+
 _DOUBLE = struct.Struct("<d").pack
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_LEN = [_varint(n) for n in range(1 << 14)]
-
-
 def _length(n: int) -> bytes:
-    return _LEN[n] if n < 16384 else _varint(n)
+    return VARINTS[n] if n < 16384 else varint(n)
 
 
 class _Key:
