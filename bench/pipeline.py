@@ -78,6 +78,7 @@ from pathlib import Path
 from bench._load import (
     FLEET_SITES,
     PAYLOADS,
+    CeilingReport,
     CeilingSubscriber,
     CSubscriber,
     LoadResult,
@@ -315,15 +316,7 @@ async def ceiling_cell(ctx: Context, cell: str, title: str, client: str) -> Cell
             await asyncio.to_thread(publish_warmup, broker.host, broker.port, shape)
             if not await asyncio.to_thread(subscriber.warm.wait, 10.0):
                 raise TimeoutError("the warm-up message did not reach the subscriber")
-            with start_publishers(ctx, broker, messages, None, client, shape) as pool:
-                pids = {"subscriber": subscriber.pid, "broker": broker_pid(broker)}
-                pids |= {f"publisher{i}": pid for i, pid in enumerate(pool.pids)}
-                watch = Watch(pids)
-                watch.start()
-                pool.start()
-                report = await asyncio.to_thread(subscriber.wait)
-                result.usage = watch.stop()
-                load = await finish_publishers(asyncio.create_task(asyncio.to_thread(pool.wait)))
+            report, load = await publish_to(ctx, broker, subscriber, client, shape, result)
         finally:
             subscriber.close()
     if report.error:
@@ -339,6 +332,28 @@ async def ceiling_cell(ctx: Context, cell: str, title: str, client: str) -> Cell
     return result
 
 
+async def publish_to(
+    ctx: Context,
+    broker: Mosquitto,
+    subscriber: CeilingSubscriber | CSubscriber,
+    client: str,
+    shape: Shape,
+    result: CellResult,
+) -> tuple[CeilingReport, LoadResult]:
+    """Run the publishers against a started ceiling subscriber, watching every process; the
+    subscriber's report and the publishers' load."""
+    with start_publishers(ctx, broker, result.messages, None, client, shape) as pool:
+        pids = {"subscriber": subscriber.pid, "broker": broker_pid(broker)}
+        pids |= {f"publisher{i}": pid for i, pid in enumerate(pool.pids)}
+        watch = Watch(pids)
+        watch.start()
+        pool.start()
+        report = await asyncio.to_thread(subscriber.wait)
+        result.usage = watch.stop()
+        load = await finish_publishers(asyncio.create_task(asyncio.to_thread(pool.wait)))
+    return report, load
+
+
 async def ceiling_c_cell(ctx: Context, cell: str, title: str, client: str) -> CellResult:
     """`mosquitto_sub -q 1 -C N`, subscribed before the publishers connect; no warm-up message
     (it prints nothing, so one could not be seen): every message it counts is a timed one."""
@@ -351,15 +366,7 @@ async def ceiling_c_cell(ctx: Context, cell: str, title: str, client: str) -> Ce
         )
         try:
             await asyncio.to_thread(subscriber.start)
-            with start_publishers(ctx, broker, messages, None, client, shape) as pool:
-                pids = {"subscriber": subscriber.pid, "broker": broker_pid(broker)}
-                pids |= {f"publisher{i}": pid for i, pid in enumerate(pool.pids)}
-                watch = Watch(pids)
-                watch.start()
-                pool.start()
-                report = await asyncio.to_thread(subscriber.wait)
-                result.usage = watch.stop()
-                load = await finish_publishers(asyncio.create_task(asyncio.to_thread(pool.wait)))
+            report, load = await publish_to(ctx, broker, subscriber, client, shape, result)
         finally:
             subscriber.close()
     if report.error:
