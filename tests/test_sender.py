@@ -1,7 +1,7 @@
 """The sender alone, against an in-memory append target that fails on request."""
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 import pytest
@@ -112,12 +112,17 @@ class Events:
         self.dead.extend(reason for _ in items)
 
 
-def make(target: FakeTarget, **config: object) -> tuple[Accumulator, Sender, Events]:
+def make(
+    target: FakeTarget,
+    on_fatal: Callable[[BaseException], None] | None = None,
+    **config: object,
+) -> tuple[Accumulator, Sender, Events]:
     events = Events()
     sender = Sender(
         target,
         SenderConfig(backoff_min=0.001, backoff_max=0.01, **config),  # type: ignore[arg-type]
         events,
+        on_fatal=on_fatal,
     )
     acc = Accumulator(
         batch_max_records=10,
@@ -472,16 +477,7 @@ async def test_a_sender_task_that_dies_is_reported_as_fatal() -> None:
         fatal.append(exc)
         died.set()
 
-    sender = Sender(target, SenderConfig(), Events(), on_fatal=on_fatal)
-    acc = Accumulator(
-        batch_max_records=10,
-        batch_max_bytes=100_000,
-        linger=0.001,
-        budget_bytes=1_000_000,
-        on_ready=sender.on_ready,
-        on_new_stream=sender.on_new_stream,
-    )
-    sender.bind(acc)
+    acc, sender, _ = make(target, on_fatal)
 
     def broken(state: object, shard_map: ShardMap) -> None:
         raise RuntimeError("set_shard_map broke")
