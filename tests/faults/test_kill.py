@@ -42,6 +42,20 @@ payload = "json"
 Fault = Callable[[Rig], Awaitable[Callable[[], Awaitable[bool]]]]
 
 
+def all_kept(rig: Rig, count: int) -> Callable[[], Awaitable[bool]]:
+    """Whether messages 0..count-1 are all in the stream or the dead-letter stream."""
+
+    async def kept() -> bool:
+        numbers = set()
+        for stream in ("tele", DEAD_LETTERS):
+            for record in await read_stream(rig.store.url, stream):
+                assert isinstance(record.payload, bytes)
+                numbers.add(number(record.payload))
+        return numbers >= set(range(count))
+
+    return kept
+
+
 async def held_appends(rig: Rig) -> Callable[[], Awaitable[bool]]:
     hold = rig.faults.hold("Append", stream="tele", before=True)
 
@@ -125,12 +139,7 @@ async def test_kill_9_while_a_fault_holds_work_in_flight_loses_nothing(
         rig.faults.restore()
         await bridge.start()
 
-        async def everything_arrived() -> bool:
-            kept = {number(r.payload) for r in await read_stream(rig.store.url, "tele")}  # type: ignore[arg-type]
-            kept |= {number(r.payload) for r in await read_stream(rig.store.url, DEAD_LETTERS)}  # type: ignore[arg-type]
-            return kept >= set(range(TOTAL + 30))
-
-        await wait_until(everything_arrived, 60, "every message after the restart")
+        await wait_until(all_kept(rig, TOTAL + 30), 60, "every message after the restart")
         await wait_until(
             lambda: len(set(rig.mqtt.acked)) >= TOTAL + 30, 30, "every message to be acked"
         )
@@ -209,12 +218,7 @@ async def test_kill_9_with_the_disk_buffer_loses_nothing_acknowledged(
         rig.faults.restore()
         await bridge.start()
 
-        async def everything_arrived() -> bool:
-            kept = {number(r.payload) for r in await read_stream(rig.store.url, "tele")}  # type: ignore[arg-type]
-            kept |= {number(r.payload) for r in await read_stream(rig.store.url, DEAD_LETTERS)}  # type: ignore[arg-type]
-            return kept >= set(range(total + 30))
-
-        await wait_until(everything_arrived, 60, "every message after the restart")
+        await wait_until(all_kept(rig, total + 30), 60, "every message after the restart")
         assert await bridge.terminate() == 0
     finally:
         if bridge.process is not None and bridge.process.poll() is None:
