@@ -23,6 +23,7 @@ from bridge.hstream.client import HStreamClient
 from bridge.hstream.records import EncodedRecord
 from bridge.mqtt import MqttError
 from bridge.service import Bridge, DeadLetterStreamMissing, PipelineFailed
+from bridge.settings import Settings
 from tests.faults.conftest import Rig
 from tests.faults.ledger import DEAD_LETTERS, number, payload, take_stock
 from tests.support.bridge import bridge_settings, running_bridge, wait_until
@@ -36,18 +37,18 @@ def rule(rule_id: str, prefix: str, stream: str, **extra: Any) -> dict[str, Any]
     return {"id": rule_id, "topic": f"{prefix}/{{dev}}", "stream": stream, "key": "${dev}", **extra}
 
 
+def rigged(rig: Rig, tmp_path: Path, rules: list[dict[str, Any]], **overrides: Any) -> Settings:
+    """Settings for a bridge between the rig's MQTT proxy and its gRPC fault proxy."""
+    return bridge_settings(
+        tmp_path / "bridge", rig.mqtt.url, hstream_url=rig.faults.url, rules=rules, **overrides
+    )
+
+
 @contextlib.asynccontextmanager
 async def bridged(
     rig: Rig, tmp_path: Path, rules: list[dict[str, Any]], **overrides: Any
 ) -> AsyncIterator[Bridge]:
-    settings = bridge_settings(
-        tmp_path / "bridge",
-        rig.mqtt.url,
-        hstream_url=rig.faults.url,
-        rules=rules,
-        append_error_retries=2,
-        **overrides,
-    )
+    settings = rigged(rig, tmp_path, rules, append_error_retries=2, **overrides)
     async with running_bridge(settings) as bridge:
         yield bridge
 
@@ -225,11 +226,10 @@ async def test_a_publish_resent_while_in_flight_is_stored_and_acknowledged_once(
 async def test_shutdown_under_a_full_buffer_never_reads_again_and_acks_what_it_flushed(
     rig: Rig, tmp_path: Path
 ) -> None:
-    settings = bridge_settings(
-        tmp_path / "bridge",
-        rig.mqtt.url,
-        hstream_url=rig.faults.url,
-        rules=[rule("full", "full", "full")],
+    settings = rigged(
+        rig,
+        tmp_path,
+        [rule("full", "full", "full")],
         buffer_bytes=64 * 1024,
         batch_max_bytes=16 * 1024,
         append_timeout=1.0,
@@ -264,12 +264,7 @@ async def test_shutdown_under_a_full_buffer_never_reads_again_and_acks_what_it_f
 async def test_a_pipeline_task_that_dies_stops_the_bridge_and_acks_nothing_unstored(
     rig: Rig, tmp_path: Path
 ) -> None:
-    settings = bridge_settings(
-        tmp_path / "bridge",
-        rig.mqtt.url,
-        hstream_url=rig.faults.url,
-        rules=[rule("ok", "ok", "ok"), rule("boom", "boom", "boom")],
-    )
+    settings = rigged(rig, tmp_path, [rule("ok", "ok", "ok"), rule("boom", "boom", "boom")])
     async with Bridge(settings) as bridge:
         accumulator = bridge.accumulator
         assert accumulator is not None
