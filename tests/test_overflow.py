@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bridge.hstream.records import ReceivedRecord
 from bridge.service import Bridge
-from tests.support.bridge import bridge_settings, read_stream, running_bridge, wait_until
+from tests.support.bridge import bridge_settings, running_bridge, wait_for_records, wait_until
 from tests.support.mosquitto import Mosquitto, Publisher
 from tests.support.store import subprocess_store
 
@@ -79,17 +79,9 @@ def publish_interleaved(
             publisher.publish_many(qos1[start : start + chunk], qos=1)
 
 
-async def stored(url: str, stream: str, count: int, what: str) -> list[int]:
+async def stored(url: str, stream: str, count: int) -> list[int]:
     """The numbers stored in `stream`, once it holds `count` records (failing after 30 s)."""
-    records: list[ReceivedRecord] = []
-
-    async def enough() -> bool:
-        nonlocal records
-        records = await read_stream(url, stream)
-        return len(records) >= count
-
-    await wait_until(enough, 30, what)
-    return numbers(records)
+    return numbers(await wait_for_records(url, stream, count, timeout=30))
 
 
 async def test_qos1_beside_qos0_pauses_and_drops_no_qos1_and_counts_every_qos0(
@@ -134,13 +126,13 @@ async def test_qos1_beside_qos0_pauses_and_drops_no_qos1_and_counts_every_qos0(
 
             await store.restart()
             # QoS 1: never dropped, every message stored once the store is back.
-            q1 = await stored(store.url, "q1", MESSAGES, "every QoS 1 message to be stored")
+            q1 = await stored(store.url, "q1", MESSAGES)
             assert sorted(set(q1)) == list(range(MESSAGES))
             # QoS 0: every message the broker delivered is either stored or counted as dropped
             # (and here, with the QoS 1 rule pausing intake, none is dropped).
             await wait_until(lambda: received(bridge, 0) == MESSAGES, 30, "every QoS 0 message")
             kept = MESSAGES - int(dropped(bridge))
-            q0 = await stored(store.url, "q0", kept, f"{kept} QoS 0 messages to be stored")
+            q0 = await stored(store.url, "q0", kept)
             assert len(q0) == len(set(q0)) == kept
             assert set(q0) <= set(range(MESSAGES))
             assert dropped(bridge) == 0
@@ -192,7 +184,7 @@ async def test_qos0_overflow_block_pauses_instead_of_dropping_and_stores_every_q
 
             await store.restart()
             await wait_until(lambda: received(bridge, 0) == MESSAGES, 30, "every QoS 0 message")
-            q0 = await stored(store.url, "q0", MESSAGES, "every QoS 0 message to be stored")
+            q0 = await stored(store.url, "q0", MESSAGES)
             assert sorted(q0) == list(range(MESSAGES))
             assert dropped(bridge) == 0
             await wait_until(lambda: not paused(), 10, "intake to resume")
