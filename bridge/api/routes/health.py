@@ -32,7 +32,7 @@ async def health() -> HealthStatus:
     responses={
         status.HTTP_503_SERVICE_UNAVAILABLE: {
             "model": Readiness,
-            "description": "MQTT or HStreamDB is not ready; `not_ready` says which",
+            "description": "Something the bridge needs is not ready; `not_ready` says what",
             "content": {
                 "application/json": {
                     "example": {
@@ -47,7 +47,8 @@ async def health() -> HealthStatus:
     },
 )
 async def ready(bridge: BridgeDep) -> JSONResponse:
-    """200 when the MQTT session is connected and HStreamDB answers, 503 otherwise."""
+    """200 when the MQTT session is connected, no pipeline task failed, and HStreamDB answers and
+    takes dead letters (with `--buffer disk`: the buffer accepts instead); 503 otherwise."""
     try:
         state = await bridge.readiness()
     except Exception as exc:  # a failing check means not ready; say so rather than 500
