@@ -67,6 +67,7 @@ class DiskBuffer:
         self.on_pressure = on_pressure
         self._segments: deque[_Segment] = deque()
         self._fd: int | None = None  # the newest segment, open for appending
+        self._disk_bytes = 0  # the sizes of _segments, kept as they change (add() reads it)
         self._writing = False  # a worker thread is writing to _fd
         self._next_seq = 1
         self.durable_seq = 0
@@ -101,7 +102,7 @@ class DiskBuffer:
 
     @property
     def bytes_on_disk(self) -> int:
-        return sum(segment.size for segment in self._segments)
+        return self._disk_bytes
 
     @property
     def backlog_records(self) -> int:
@@ -149,6 +150,7 @@ class DiskBuffer:
         for info in result.segments:
             if info.path in kept:
                 self._segments.append(_Segment(info.first_seq, info.path, info.size, info.last_seq))
+                self._disk_bytes += info.size
                 self._times.append((info.last_seq, info.first_written_ms))
         self.durable_seq = result.last_seq
         self._next_seq = result.last_seq + 1
@@ -266,6 +268,7 @@ class DiskBuffer:
                 self._segments.append(segment)
             current = self._segments[-1]
             current.size += size
+            self._disk_bytes += size
             current.last_seq = last
             self._times.append((last, int(time.time() * 1000)))
             self.durable_seq = last
@@ -422,7 +425,7 @@ class DiskBuffer:
     async def _delete_forwarded(self, seq: int) -> None:
         gone = []
         while len(self._segments) > 1 and self._segments[0].last_seq <= seq:
-            gone.append(self._segments.popleft().path)
+            gone.append(self._drop_oldest())
         if (
             len(self._segments) == 1
             and self._segments[0].last_seq <= seq
@@ -433,9 +436,14 @@ class DiskBuffer:
             # which is what frees a full disk.
             os.close(self._fd)
             self._fd = None
-            gone.append(self._segments.popleft().path)
+            gone.append(self._drop_oldest())
         if gone:
             await asyncio.to_thread(_unlink, gone)
+
+    def _drop_oldest(self) -> Path:
+        segment = self._segments.popleft()
+        self._disk_bytes -= segment.size
+        return segment.path
 
 
 def _unlink(paths: list[Path]) -> None:

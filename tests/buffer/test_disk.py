@@ -67,6 +67,7 @@ async def test_the_ledger_moves_over_the_forwarded_prefix_and_segments_are_delet
     await asyncio.sleep(0.1)
     assert buffer.committed_seq == 300
     assert len(buffer_log.segments(tmp_path)) < files_before
+    assert buffer.bytes_on_disk == sum(p.stat().st_size for p in buffer_log.segments(tmp_path))
     await buffer.aclose()
     again = DiskBuffer(tmp_path, limit_bytes=1 << 20)
     await again.open()
