@@ -25,8 +25,20 @@ from types import TracebackType
 from typing import Any
 
 from bridge.accumulator import MESSAGE_OVERHEAD, Accumulator, Delivery, Item
-from bridge.api import RuleConflict, RuleMissing, is_loopback, parse_listen, serve_api
+from bridge.api import (
+    RuleConflict,
+    RuleMissing,
+    SourceConflict,
+    SourceMissing,
+    is_loopback,
+    parse_listen,
+    serve_api,
+)
 from bridge.buffer import DiskBuffer, Forwarder
+from bridge.cdc.config import Source
+from bridge.cdc.manager import CdcSources
+from bridge.cdc.metrics import CdcCollector
+from bridge.cdc.store import SourcesFile, parse_sources
 from bridge.hstream import structenc
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamNotFound
@@ -44,6 +56,7 @@ from rules import Matcher, Rule, RulesFile, RulesFileError, parse_rules
 logger = logging.getLogger(__name__)
 
 RULES_FILE = "rules.json"
+SOURCES_FILE = "sources.json"
 STORE_DIR = "store"
 BUFFER_DIR = "buffer"
 
@@ -85,6 +98,27 @@ class _Events:
         self._m.observe_dead_letters(items, reason)
 
 
+class _CdcPipeline:
+    """The pipeline as CDC sources see it (bridge.cdc.runner.Pipeline)."""
+
+    def __init__(self, bridge: "Bridge") -> None:
+        self._bridge = bridge
+        self.dead_letter_stream = bridge.settings.dead_letter_stream
+        self.max_record_bytes = bridge.settings.max_record_bytes
+
+    async def wait_for_room(self) -> None:
+        await self._bridge.room.wait()
+
+    def accept(self, outputs: list[Output], received_at: float) -> Awaitable[None]:
+        bridge = self._bridge
+        for out in outputs:
+            if out.reason is not None:
+                bridge.metrics.observe_dead_letter(out.rule_id, out.reason)
+        stored = bridge.accept(outputs, received_at, held=0)
+        assert stored is not None  # tracked
+        return stored
+
+
 class Bridge:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -92,6 +126,10 @@ class Bridge:
         self.data_dir = Path(settings.data_dir)
         self.rules_file = RulesFile(self.data_dir / RULES_FILE)
         self.rules: list[Rule] = []
+        self.sources_file = SourcesFile(self.data_dir / SOURCES_FILE)
+        self.cdc: CdcSources | None = None
+        self.room = asyncio.Event()  # set while intake may go on (the budget has room)
+        self.room.set()
         self.router: Router | None = None
         self.accumulator: Accumulator | None = None
         self.sender: Sender | None = None
@@ -150,6 +188,7 @@ class Bridge:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.rules = await asyncio.to_thread(self._initial_rules)
+        initial_sources = await asyncio.to_thread(self._initial_sources)
         self.router = Router(
             Matcher(self.rules),
             dead_letter_stream=settings.dead_letter_stream,
@@ -238,6 +277,17 @@ class Bridge:
             await self.source.set_subscriptions(self.router.matcher.subscriptions())
         except MqttError as exc:  # e.g. an ACL refuses a filter: kept wanted, retried later
             logger.warning("broker refused subscriptions at start: %s", exc)
+        self.cdc = CdcSources(
+            _CdcPipeline(self),
+            client,
+            self.sources_file,
+            replica=settings.client_id,
+            replication_factor=settings.stream_replication,
+        )
+        self._stack.push_async_callback(self.cdc.aclose, settings.shutdown_timeout)
+        cdc = self.cdc
+        self.metrics.registry.register(CdcCollector(lambda: cdc.runners))
+        await self.cdc.start(initial_sources)
         if not structenc.COMPILED:
             logger.warning(
                 "JSON records are encoded by the pure-Python Struct encoder, ~7x slower than the "
@@ -362,6 +412,22 @@ class Bridge:
             self.rules_file.save(rules)
         return rules
 
+    def _initial_sources(self) -> list[Source]:
+        """As for rules: the sources file wins once it exists; before, the config seeds it."""
+        if self.sources_file.path.exists():
+            stored = self.sources_file.load()
+            if self.settings.sources:
+                logger.warning(
+                    "ignoring the config file's [[sources]]: the sources file %s wins once it "
+                    "exists (the HTTP API edits it)",
+                    self.sources_file.path,
+                )
+            return stored
+        sources = parse_sources(self.settings.sources, "config file [[sources]]")
+        if sources:
+            self.sources_file.save(sources)
+        return sources
+
     def _warn_ignored_config_rules(self, stored: list[Rule]) -> None:
         try:
             configured = parse_rules(self.settings.rules, "config file [[rules]]")
@@ -401,12 +467,16 @@ class Bridge:
         logger.info("stopping: intake stopped, flushing buffered records")
         self._stopping = True
         self.source.stop_intake()
+        if self.cdc is not None:
+            await self.cdc.stop_intake()
         if self.disk is not None:
             # Accepted records only need to be durable (forwarding resumes at the next start).
             flushed = await self.disk.flush(self.settings.shutdown_timeout)
         else:
             flushed = await self.sender.flush(self.settings.shutdown_timeout)
         await self.source.flush_acks()
+        if self.cdc is not None:  # positions of what was stored
+            await self.cdc.aclose(commit_timeout=min(5.0, self.settings.shutdown_timeout))
         if not flushed:
             assert self.accumulator is not None
             logger.warning(
@@ -420,10 +490,7 @@ class Bridge:
 
     def _on_message(self, message: Message) -> Awaitable[None] | None:
         router = self.router
-        accumulator = self.accumulator
         assert router is not None
-        assert accumulator is not None
-        assert self._loop is not None
         routes = router.routes(message.topic)
         self.metrics.observe_received(message.qos, routes)
         if not routes:
@@ -432,23 +499,34 @@ class Bridge:
             self.metrics.observe_dropped("qos0_overflow", records=len(routes))
             return None
         outputs = router.outputs(message, routes)
-        if self.disk is not None:
-            for out in outputs:
-                if out.reason is not None:
-                    self.metrics.observe_dead_letter(out.rule_id, out.reason)
-            durable = self.disk.add(outputs)
-            return durable if message.qos else None
-        delivery = Delivery(len(outputs), self._loop) if message.qos else None
-        # A QoS 1/2 message stays in memory until acknowledged; a QoS 0 one is gone now.
-        held = len(message.payload) + len(message.topic) + MESSAGE_OVERHEAD if delivery else 0
         for out in outputs:
             if out.reason is not None:
                 self.metrics.observe_dead_letter(out.rule_id, out.reason)
+        if not message.qos:
+            self.accept(outputs, message.received_at, held=0, tracked=False)
+            return None
+        # A QoS 1/2 message stays in memory until acknowledged; a QoS 0 one is gone now.
+        held = len(message.payload) + len(message.topic) + MESSAGE_OVERHEAD
+        return self.accept(outputs, message.received_at, held=held)
+
+    def accept(
+        self, outputs: list[Output], received_at: float, *, held: int, tracked: bool = True
+    ) -> "asyncio.Future[None] | None":
+        """Records into the pipeline, in order (to disk first with a disk buffer); the future
+        resolves once every one is stored or dead-lettered (with a disk buffer: durable).
+        `held` is what the source keeps in memory until then, charged to the first record.
+        Untracked records (QoS 0) get no future in memory mode."""
+        assert self._loop is not None
+        if self.disk is not None:
+            return self.disk.add(outputs)
+        accumulator = self.accumulator
+        assert accumulator is not None
+        delivery = Delivery(len(outputs), self._loop) if tracked else None
+        for out in outputs:
             accumulator.add(
-                out.stream,
-                Item(out.data, out.key, delivery, message.received_at, out.rule_id, held),
+                out.stream, Item(out.data, out.key, delivery, received_at, out.rule_id, held)
             )
-            held = 0  # the message is charged once, with its first record
+            held = 0  # charged once, with the first record
         return delivery.wait() if delivery is not None else None
 
     def _qos0_only(self) -> bool:
@@ -458,6 +536,10 @@ class Bridge:
 
     def _on_pressure(self, full: bool) -> None:
         assert self.source is not None
+        if full:
+            self.room.clear()
+        else:
+            self.room.set()
         if self._stopping:
             return  # intake stays stopped, whatever the buffer does
         if full and self.settings.qos0_overflow == "drop" and self._qos0_only():
@@ -603,6 +685,43 @@ class Bridge:
             received_at=time.monotonic(),
         )
         return self.router.outputs(message, self.router.routes(topic))
+
+    # --- CDC sources ----------------------------------------------------------------------------
+
+    @property
+    def sources(self) -> list[Source]:
+        return self.cdc.sources if self.cdc is not None else []
+
+    def get_source(self, source_id: str) -> Source | None:
+        return self.cdc.get(source_id) if self.cdc is not None else None
+
+    def source_status(self, source_id: str) -> dict[str, Any]:
+        assert self.cdc is not None
+        return self.cdc.status(source_id)
+
+    async def create_source(self, source: Source) -> None:
+        assert self.cdc is not None
+        if self.cdc.get(source.id) is not None:
+            raise SourceConflict(source.id)
+        await self.cdc.apply([*self.cdc.sources, source])
+
+    async def replace_source(self, source_id: str, source: Source) -> None:
+        assert self.cdc is not None
+        if self.cdc.get(source_id) is None:
+            raise SourceMissing(source_id)
+        await self.cdc.apply([source if s.id == source_id else s for s in self.cdc.sources])
+
+    async def delete_source(self, source_id: str) -> None:
+        assert self.cdc is not None
+        old = self.cdc.get(source_id)
+        if old is None:
+            raise SourceMissing(source_id)
+        await self.cdc.apply([s for s in self.cdc.sources if s.id != source_id], deleted=old)
+
+    def resnapshot_source(self, source_id: str) -> None:
+        assert self.cdc is not None
+        if not self.cdc.resnapshot(source_id):
+            raise SourceMissing(source_id)
 
     # --- dead letters -------------------------------------------------------------------------
 

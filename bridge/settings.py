@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     rules: list[dict[str, Any]] = Field(
         default_factory=list, description="Rules from the config file (TOML [[rules]] tables)"
     )
+    sources: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="CDC sources from the config file (TOML [[sources]] tables)",
+    )
 
     @field_validator("mqtt_url")
     @classmethod

@@ -25,7 +25,14 @@ from typing import Final
 
 from rules.model import Rule, RuleError, parse_rule
 
-__all__ = ["FILE_VERSION", "RulesFile", "RulesFileError", "dump_rules", "parse_rules"]
+__all__ = [
+    "FILE_VERSION",
+    "RulesFile",
+    "RulesFileError",
+    "dump_rules",
+    "parse_rules",
+    "write_atomically",
+]
 
 FILE_VERSION: Final = 1
 
@@ -140,10 +147,10 @@ class RulesFile:
             seen.add(rule.id)
         text = dump_rules(rules).encode("utf-8")
         with self._lock:
-            _write_atomically(self.path, text)
+            write_atomically(self.path, text)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves the old or the new content, whole."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)

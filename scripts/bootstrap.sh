@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: a virtual environment with the package and its test tools, and the
 # system binaries the tests use (Mosquitto, docker-compose to validate the compose file,
-# openssl to make test certificates, Chromium and its driver for the console's browser tests).
+# openssl to make test certificates, Chromium and its driver for the console's browser tests,
+# PostgreSQL and MariaDB server binaries for the CDC tests).
 #
 # pip runs only when needed: once into a new venv, and again when pyproject.toml, setup.py or
 # the compiled JSON encoder's source (bridge/hstream/_structenc.c, built in place by the editable
@@ -89,6 +90,10 @@ if $test_extra; then
     # /usr/bin/chromedriver): Selenium is never left to download a browser or a driver.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    # The CDC tests (tests/cdc/) start throwaway PostgreSQL and MariaDB servers of their own on
+    # free ports from these binaries (never the machine's own servers, if any).
+    compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+    command -v mariadbd >/dev/null 2>&1 || [[ -x /usr/sbin/mariadbd ]] || missing+=(mariadb-server)
     if (( ${#missing[@]} )); then
         SUDO=""
         [[ "$(id -u)" == 0 ]] || SUDO="sudo"

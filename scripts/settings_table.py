@@ -7,7 +7,7 @@ def main() -> None:
     print("| flag | environment | default | meaning |")
     print("|---|---|---|---|")
     for name, field in Settings.model_fields.items():
-        if name == "rules":
+        if name in ("rules", "sources"):
             continue
         default = field.get_default(call_default_factory=True)
         shown = "-" if default is None else f"`{default}`"

@@ -15,6 +15,8 @@ from bridge.api.protocol import (
     Metrics,
     RuleConflict,
     RuleMissing,
+    SourceConflict,
+    SourceMissing,
 )
 from bridge.api.server import is_loopback, parse_listen, serve_api
 
@@ -25,6 +27,8 @@ __all__ = [
     "Metrics",
     "RuleConflict",
     "RuleMissing",
+    "SourceConflict",
+    "SourceMissing",
     "create_app",
     "is_loopback",
     "parse_listen",

@@ -18,7 +18,7 @@ from bridge.api.deps import UNAUTHORIZED, UNAUTHORIZED_JSON, AuthDep
 from bridge.api.hosts import LoopbackHostOnly, is_loopback, parse_listen
 from bridge.api.limits import MAX_BODY_BYTES, BodySizeLimit
 from bridge.api.protocol import BridgeApi
-from bridge.api.routes import dead_letters, docs, health, metrics, rules, stats, ui
+from bridge.api.routes import dead_letters, docs, health, metrics, rules, sources, stats, ui
 from bridge.api.security import SecurityHeaders
 from bridge.api.stats import RateWindow
 
@@ -57,6 +57,11 @@ a duplicate id is 409, an unknown id 404, a body over the size limit 413.
 
 TAGS: Final = [
     {"name": "rules", "description": "Routing rules: CRUD and dry runs"},
+    {
+        "name": "sources",
+        "description": "CDC sources: PostgreSQL and MySQL/MariaDB change streams. Deleting a"
+        " source drops its replication slot",
+    },
     {"name": "health", "description": "Liveness and readiness probes (no token needed)"},
     {"name": "metrics", "description": "Prometheus metrics (the token, when one is set)"},
     {"name": "console", "description": "What the /ui console reads: rates and dead letters"},
@@ -90,12 +95,14 @@ def create_app(bridge: BridgeApi, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     # the truth. /health and /ready stay open for probes; /docs and /ui hold no data.
     if bridge.settings.api_token:
         app.include_router(rules.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
+        app.include_router(sources.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
         app.include_router(health.router)
         app.include_router(metrics.router, dependencies=[AuthDep], responses=UNAUTHORIZED_JSON)
         app.include_router(stats.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
         app.include_router(dead_letters.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
     else:
         app.include_router(rules.router)
+        app.include_router(sources.router)
         app.include_router(health.router)
         app.include_router(metrics.router)
         app.include_router(stats.router)

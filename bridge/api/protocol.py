@@ -7,18 +7,27 @@ contract: the bridge raises them, the API turns them into 409 and 404.
 
 What a console needs is here too: `metrics.totals()` (per-rule counts and the buffer, for
 GET /stats) and `dead_letters(limit)` (the latest records of the dead-letter stream).
-Sources and a cluster view are not part of the surface yet: when they exist, they come here
-first, then the console shows them.
+CDC sources (`sources`, `get_source`, ...) are here too; a cluster view is not yet.
 """
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from bridge.cdc.config import Source
 from bridge.hstream.records import ReceivedRecord
 from bridge.metrics import Totals
 from rules import Rule
 
-__all__ = ["ApiSettings", "BridgeApi", "DryRunOutput", "Metrics", "RuleConflict", "RuleMissing"]
+__all__ = [
+    "ApiSettings",
+    "BridgeApi",
+    "DryRunOutput",
+    "Metrics",
+    "RuleConflict",
+    "RuleMissing",
+    "SourceConflict",
+    "SourceMissing",
+]
 
 
 class RuleConflict(Exception):
@@ -35,6 +44,22 @@ class RuleMissing(Exception):
     def __init__(self, rule_id: str) -> None:
         super().__init__(rule_id)
         self.rule_id = rule_id
+
+
+class SourceConflict(Exception):
+    """A source with that id exists already (HTTP 409)."""
+
+    def __init__(self, source_id: str) -> None:
+        super().__init__(source_id)
+        self.source_id = source_id
+
+
+class SourceMissing(Exception):
+    """No source has that id (HTTP 404)."""
+
+    def __init__(self, source_id: str) -> None:
+        super().__init__(source_id)
+        self.source_id = source_id
 
 
 class ApiSettings(Protocol):
@@ -131,4 +156,31 @@ class BridgeApi(Protocol):
     async def dead_letters(self, limit: int) -> Sequence[ReceivedRecord]:
         """The latest `limit` records of the dead-letter stream, oldest first (none when the
         stream does not exist yet)."""
+        ...
+
+    # --- CDC sources (bridge/cdc/) ---
+
+    @property
+    def sources(self) -> Sequence[Source]: ...
+
+    def get_source(self, source_id: str) -> Source | None: ...
+
+    def source_status(self, source_id: str) -> Mapping[str, Any]:
+        """`{"state": ..., "committed_position": ..., "lag_bytes": ..., "last_error": ...}`."""
+        ...
+
+    async def create_source(self, source: Source) -> None:
+        """Persist and start it; SourceConflict when the id is taken."""
+        ...
+
+    async def replace_source(self, source_id: str, source: Source) -> None:
+        """SourceMissing when there is no such source."""
+        ...
+
+    async def delete_source(self, source_id: str) -> None:
+        """Stop it, drop its slot/publication and positions; SourceMissing when unknown."""
+        ...
+
+    def resnapshot_source(self, source_id: str) -> None:
+        """Forget its position and load its tables again; SourceMissing when not running."""
         ...

@@ -32,7 +32,7 @@ from bridge.settings import ENV_PREFIX, ConfigFileError, Settings, load_settings
 
 logger = logging.getLogger("bridge")
 
-_SKIP_FLAGS = {"rules"}
+_SKIP_FLAGS = {"rules", "sources"}
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -131,8 +131,8 @@ def _format_error(error: ErrorDetails) -> str:
     name, rest = loc[0], loc[1:]
     if error["type"] == "extra_forbidden":  # flags and variables are known; only the file has these
         return f"{'.'.join(loc)} in the config file: not a setting"
-    if name == "rules":
-        return f"[[rules]]{''.join(f'[{part}]' for part in rest)} in the config file: {message}"
+    if name in ("rules", "sources"):
+        return f"[[{name}]]{''.join(f'[{part}]' for part in rest)} in the config file: {message}"
     where = _setting(name) if name in Settings.model_fields else name
     if rest:
         where += " at " + ".".join(rest)

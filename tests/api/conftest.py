@@ -5,6 +5,7 @@ import httpx
 import pytest
 
 from bridge.api import serve_api
+from bridge.cdc.config import Source
 from rules import Rule
 from tests.api.memory_bridge import ApiTestSettings, MemoryBridge
 
@@ -19,6 +20,8 @@ TEMPS = {
     "qos": 1,
     "enabled": True,
 }
+
+SOURCE_X = {"id": "x", "kind": "postgres", "dsn": "postgresql://u@h/d", "tables": ["a.b"]}
 
 
 @contextlib.asynccontextmanager
@@ -47,4 +50,6 @@ async def client(bridge: MemoryBridge) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def secured_bridge() -> MemoryBridge:
-    return MemoryBridge(ApiTestSettings(api_token=TOKEN), rules=[Rule.model_validate(TEMPS)])
+    bridge = MemoryBridge(ApiTestSettings(api_token=TOKEN), rules=[Rule.model_validate(TEMPS)])
+    bridge.sources.append(Source.model_validate(SOURCE_X))
+    return bridge

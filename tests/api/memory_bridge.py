@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.api import RuleConflict, RuleMissing
+from bridge.api import RuleConflict, RuleMissing, SourceConflict, SourceMissing
+from bridge.cdc.config import Source
 from bridge.hstream.records import ReceivedRecord
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt import Message, MqttError
@@ -57,6 +58,8 @@ class MemoryBridge:
         self.dead_letter_records: list[ReceivedRecord] = []
         self.dead_letters_error: Exception | None = None
         self._lock = asyncio.Lock()
+        self.sources: list[Source] = []
+        self.resnapshots: list[str] = []
 
     def get_rule(self, rule_id: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)
@@ -126,3 +129,34 @@ class MemoryBridge:
         if self.dead_letters_error is not None:
             raise self.dead_letters_error
         return self.dead_letter_records[-limit:]
+
+    # --- sources: a list; status says only whether a source is enabled ---
+
+    def get_source(self, source_id: str) -> Source | None:
+        return next((s for s in self.sources if s.id == source_id), None)
+
+    def source_status(self, source_id: str) -> dict[str, Any]:
+        source = self.get_source(source_id)
+        return {"state": "streaming" if source is not None and source.enabled else "disabled"}
+
+    async def create_source(self, source: Source) -> None:
+        if self.get_source(source.id) is not None:
+            raise SourceConflict(source.id)
+        if self.save_error is not None:
+            raise self.save_error
+        self.sources.append(source)
+
+    async def replace_source(self, source_id: str, source: Source) -> None:
+        if self.get_source(source_id) is None:
+            raise SourceMissing(source_id)
+        self.sources = [source if s.id == source_id else s for s in self.sources]
+
+    async def delete_source(self, source_id: str) -> None:
+        if self.get_source(source_id) is None:
+            raise SourceMissing(source_id)
+        self.sources = [s for s in self.sources if s.id != source_id]
+
+    def resnapshot_source(self, source_id: str) -> None:
+        if self.get_source(source_id) is None:
+            raise SourceMissing(source_id)
+        self.resnapshots.append(source_id)

@@ -87,15 +87,22 @@ async def test_the_service_bridge_satisfies_the_api_protocol(live: tuple[Bridge,
     api: BridgeApi = running  # mypy proves the structural match statically; this checks it live
     assert api_members() == [
         "create_rule",
+        "create_source",
         "dead_letters",
         "delete_rule",
+        "delete_source",
         "dry_run",
         "get_rule",
+        "get_source",
         "metrics",
         "readiness",
         "replace_rule",
+        "replace_source",
+        "resnapshot_source",
         "rules",
         "settings",
+        "source_status",
+        "sources",
     ]
     for name in api_members():
         declared = vars(BridgeApi)[name]

@@ -177,6 +177,9 @@ async def test_openapi_has_titles_descriptions_and_the_design_rule_example(
         "/metrics",
         "/stats",
         "/dead-letters",
+        "/sources",
+        "/sources/{source_id}",
+        "/sources/{source_id}/resnapshot",
     }
     for operations in spec["paths"].values():
         for operation in operations.values():
