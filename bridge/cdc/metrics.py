@@ -1,12 +1,12 @@
 """The `cdc_*` metric families, read from the runners' status at scrape time (no per-row work).
 
-    cdc_changes_total{source,op}          row changes handed to the pipeline (r = snapshot rows)
-    cdc_transactions_total{source}        transactions with changes handed to the pipeline
-    cdc_pending_transactions{source}      handed over, not yet stored and committed
-    cdc_lag_bytes{source}                 WAL bytes the slot is behind (PostgreSQL)
-    cdc_lag_seconds{source}               seconds behind the database's last commit
-    cdc_state{source,state}               1 for the state the source is in now
-    cdc_committed_timestamp_seconds{source}  when a position was last committed
+cdc_changes_total{source,op}          row changes handed to the pipeline (r = snapshot rows)
+cdc_transactions_total{source}        transactions with changes handed to the pipeline
+cdc_pending_transactions{source}      handed over, not yet stored and committed
+cdc_lag_bytes{source}                 WAL bytes the slot is behind (PostgreSQL)
+cdc_lag_seconds{source}               seconds behind the database's last commit
+cdc_state{source,state}               1 for the state the source is in now
+cdc_committed_timestamp_seconds{source}  when a position was last committed
 """
 
 from collections.abc import Callable, Iterable, Mapping

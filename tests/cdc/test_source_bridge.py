@@ -1,7 +1,8 @@
-"""MariaDB changes through the whole bridge: HTTP API, reader, pipeline, embedded store, positions.
+"""Database changes through the whole bridge: HTTP API, reader, pipeline, embedded store, positions.
 
-A throwaway MariaDB 10.11 (tests/support/mariadb.py) and Mosquitto on free ports; the bridge runs
-in-process with its embedded store, so records are read back over real gRPC.
+Each test runs against a throwaway PostgreSQL 15 and MariaDB 10.11 (tests/cdc/conftest.py) and
+Mosquitto on free ports; the bridge runs in-process with its embedded store, so records are read
+back over real gRPC.
 """
 
 from pathlib import Path
@@ -9,31 +10,28 @@ from pathlib import Path
 import httpx
 
 from bridge.cdc.config import Source
+from tests.cdc.databases import Database
 from tests.cdc.helpers import source_body, stream_of, wait_changes, wait_state
 from tests.support.bridge import bridge_settings, read_stream, running_bridge, wait_until
-from tests.support.mariadb import MariadbServer, mariadb_server
+from tests.support.mariadb import MariadbServer
 from tests.support.mosquitto import Mosquitto
 
-__all__ = ["mariadb_server"]
+ORDERS = "CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(40), qty INT, price DECIMAL(8,2))"
 
 
-def _orders(server: MariadbServer) -> str:
-    db = server.new_database()
-    server.make_cdc_user(db=db)
-    server.execute(
-        "CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(40), qty INT, price DECIMAL(8,2))",
-        db,
-    )
-    server.execute("INSERT INTO orders VALUES (1,'apple',1,1.50),(2,'pear',2,2.25)", db)
-    return db
+def _orders(database: Database) -> tuple[str, str, str]:
+    source_id, dsn, table = database.prepare(ORDERS, "orders")
+    database.execute("INSERT INTO orders VALUES (1,'apple',1,1.50),(2,'pear',2,2.25)")
+    return source_id, dsn, table
 
 
 async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_without_repeats(
-    tmp_path: Path, mariadb_server: MariadbServer, shared_mosquitto: Mosquitto
+    tmp_path: Path, database: Database, shared_mosquitto: Mosquitto
 ) -> None:
-    db = _orders(mariadb_server)
+    db, dsn, table = _orders(database)
+    position = "lsn" if database.kind == "postgres" else "gtid"
     settings = bridge_settings(tmp_path, shared_mosquitto.url, client_id=f"cdc-{db}")
-    body = source_body(db, "mysql", mariadb_server.dsn(db=db), [f"{db}.orders"])
+    body = source_body(db, database.kind, dsn, [table])
     stream = stream_of(db, "orders")
     async with running_bridge(settings) as bridge:
         assert bridge.api_url is not None
@@ -45,32 +43,35 @@ async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_wit
         snapshot = await wait_changes(store, stream, 2)
         assert [(c["op"], c["after"]["id"]) for c in snapshot] == [("r", 1), ("r", 2)]
         assert snapshot[0]["after"] == {"id": 1, "item": "apple", "qty": 1, "price": "1.50"}
-        assert snapshot[0]["source"]["connector"] == "mysql"
+        assert snapshot[0]["source"]["connector"] == {"postgres": "postgresql"}.get(
+            database.kind, database.kind
+        )
         assert snapshot[0]["source"]["snapshot"] is True
         await wait_state(bridge.api_url, db, "streaming")
-        mariadb_server.execute("UPDATE orders SET qty = 5 WHERE id = 1", db)
-        mariadb_server.execute("DELETE FROM orders WHERE id = 2", db)
-        mariadb_server.execute("INSERT INTO orders VALUES (3,'plum',3,0.99)", db)
+        database.execute("UPDATE orders SET qty = 5 WHERE id = 1")
+        database.execute("DELETE FROM orders WHERE id = 2")
+        database.execute("INSERT INTO orders VALUES (3,'plum',3,0.99)")
         found = await wait_changes(store, stream, 5)
         assert [(c["op"]) for c in found[2:]] == ["u", "d", "c"]
         update, delete, insert = found[2:]
-        assert update["before"]["qty"] == 1
+        if database.kind == "mysql":  # PostgreSQL sends no old row with REPLICA IDENTITY DEFAULT
+            assert update["before"]["qty"] == 1
         assert update["after"]["qty"] == 5
         assert delete["before"]["id"] == 2
         assert delete["after"] is None
-        assert insert["source"]["gtid"].count("-") == 2
+        assert insert["source"][position]
         assert insert["source"]["table"] == "orders"
         assert insert["source"]["db"] == db
         records = await read_stream(store, stream)
-        assert records[-1].key == f"{db}.orders/3"
+        assert records[-1].key == f"{table}/3"
         assert records[-1].attributes["cdc.op"] == "c"
-        assert records[-1].attributes["cdc.table"] == f"{db}.orders"
-        assert "gtid" in records[-1].attributes["cdc.position"]
+        assert records[-1].attributes["cdc.table"] == table
+        assert position in records[-1].attributes["cdc.position"]
 
         async def committed() -> bool:
             status = bridge.source_status(db)
-            position = status["committed_position"]
-            return position is not None and position.get("gtid") == insert["source"]["gtid"]
+            stored = status["committed_position"]
+            return stored is not None and stored.get(position) == insert["source"][position]
 
         await wait_until(committed, 10.0, "the last position to be committed")
         async with httpx.AsyncClient(base_url=bridge.api_url) as http:
@@ -79,12 +80,12 @@ async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_wit
         assert f'hstream_bridge_cdc_changes_total{{op="c",source="{db}"}} 1.0' in metrics
         assert f'hstream_bridge_cdc_state{{source="{db}",state="streaming"}} 1.0' in metrics
     # Down for a while: changes made meanwhile come after a restart, committed ones do not repeat.
-    mariadb_server.execute("INSERT INTO orders VALUES (4,'fig',4,4.00)", db)
+    database.execute("INSERT INTO orders VALUES (4,'fig',4,4.00)")
     async with running_bridge(settings) as bridge:
         assert [s.id for s in bridge.sources] == [db]
         store = bridge.store.url
         later = await wait_changes(store, stream, 6)
-        mariadb_server.execute("INSERT INTO orders VALUES (5,'kiwi',5,5.00)", db)
+        database.execute("INSERT INTO orders VALUES (5,'kiwi',5,5.00)")
         later = await wait_changes(store, stream, 7)
         assert [(c["op"], (c["after"] or c["before"])["id"]) for c in later] == [
             ("r", 1),
@@ -98,24 +99,26 @@ async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_wit
 
 
 async def test_a_row_too_large_is_dead_lettered_and_the_source_goes_on(
-    tmp_path: Path, mariadb_server: MariadbServer, shared_mosquitto: Mosquitto
+    tmp_path: Path, database: Database, shared_mosquitto: Mosquitto
 ) -> None:
-    db = _orders(mariadb_server)
-    mariadb_server.execute("CREATE TABLE notes (id INT PRIMARY KEY, body LONGTEXT)", db)
+    text = "TEXT" if database.kind == "postgres" else "LONGTEXT"
+    db, dsn, table = database.prepare(
+        f"CREATE TABLE notes (id INT PRIMARY KEY, body {text})", "notes"
+    )
     settings = bridge_settings(
         tmp_path,
         shared_mosquitto.url,
         client_id=f"cdc-{db}",
         max_record_bytes=64 * 1024,
         batch_max_bytes=64 * 1024,
-        sources=[source_body(db, "mysql", mariadb_server.dsn(db=db), [f"{db}.notes"])],
+        sources=[source_body(db, database.kind, dsn, [table])],
     )
     async with running_bridge(settings) as bridge:
         assert bridge.api_url is not None
         store = bridge.store.url
         await wait_state(bridge.api_url, db, "streaming")
-        mariadb_server.execute("INSERT INTO notes VALUES (1, REPEAT('x', 100000))", db)
-        mariadb_server.execute("INSERT INTO notes VALUES (2, 'small')", db)
+        database.execute("INSERT INTO notes VALUES (1, REPEAT('x', 100000))")
+        database.execute("INSERT INTO notes VALUES (2, 'small')")
         stored = await wait_changes(store, stream_of(db, "notes"), 1)
         assert stored[0]["after"] == {"id": 2, "body": "small"}
         letters = [
@@ -125,7 +128,7 @@ async def test_a_row_too_large_is_dead_lettered_and_the_source_goes_on(
         ]
         assert len(letters) == 1
         assert letters[0].attributes["reason"] == "record_too_large"
-        assert letters[0].attributes["cdc.table"] == f"{db}.notes"
+        assert letters[0].attributes["cdc.table"] == table
         assert letters[0].attributes["original_size"].isdigit()
 
 
@@ -133,7 +136,9 @@ async def test_binlog_off_is_a_status_naming_log_bin_and_the_bridge_stays_up(
     tmp_path: Path, shared_mosquitto: Mosquitto
 ) -> None:
     with MariadbServer(["--skip-log-bin"]) as server:
-        db = _orders(server)
+        db = server.new_database()
+        server.make_cdc_user(db=db)
+        server.execute(ORDERS, db)
         settings = bridge_settings(tmp_path, shared_mosquitto.url, client_id=f"cdc-{db}-off")
         async with running_bridge(settings) as bridge:
             assert bridge.api_url is not None

@@ -1,0 +1,86 @@
+"""The throwaway databases behind one small interface, so end-to-end tests run on each kind."""
+
+import json
+from collections.abc import Iterable
+from typing import Protocol
+
+from tests.support.mariadb import MariadbServer
+from tests.support.postgres import PostgresServer
+
+
+class Database(Protocol):
+    kind: str
+
+    def prepare(self, table_sql: str, table: str) -> tuple[str, str, str]:
+        """A fresh database with a CDC user and `table` made by `table_sql`:
+        (source id to use, DSN, the table's qualified name)."""
+        ...
+
+    def execute(self, sql: str) -> None:
+        """Run one statement (autocommit) in the database `prepare` made."""
+        ...
+
+    def execute_each(self, statements: Iterable[str]) -> None:
+        """Run statements one by one, each its own transaction, over one connection."""
+        ...
+
+
+class MariaDatabase:
+    kind = "mysql"
+
+    def __init__(self, server: MariadbServer) -> None:
+        self.server = server
+        self.db = ""
+
+    def prepare(self, table_sql: str, table: str) -> tuple[str, str, str]:
+        self.db = self.server.new_database()
+        self.server.make_cdc_user(db=self.db)
+        self.server.execute(table_sql, self.db)
+        return self.db, self.server.dsn(db=self.db), f"{self.db}.{table}"
+
+    def execute(self, sql: str) -> None:
+        self.server.execute(sql, self.db)
+
+    def execute_each(self, statements: Iterable[str]) -> None:
+        conn = self.server.connect(self.db)
+        try:
+            with conn.cursor() as cursor:
+                for sql in statements:
+                    cursor.execute(sql)
+        finally:
+            conn.close()
+
+
+class PostgresDatabase:
+    kind = "postgres"
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+        self.db = ""
+
+    def prepare(self, table_sql: str, table: str) -> tuple[str, str, str]:
+        self.db = self.server.new_database()
+        self.server.run_as(table_sql, db=self.db)  # owned by the CDC user: it may publish it
+        return self.db, self.server.dsn(db=self.db), f"public.{table}"
+
+    def execute(self, sql: str) -> None:
+        self.server.execute(sql, db=self.db)
+
+    def execute_each(self, statements: Iterable[str]) -> None:
+        conn = self.server.connect(self.db)
+        try:
+            with conn.cursor() as cursor:
+                for sql in statements:
+                    cursor.execute(sql)
+        finally:
+            conn.close()
+
+
+def toml_sources(sources: list[dict[str, object]]) -> str:
+    """[[sources]] tables for a bridge's config file (values as TOML basic strings/arrays)."""
+    lines = []
+    for source in sources:
+        lines.append("[[sources]]")
+        for name, value in source.items():
+            lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
