@@ -142,6 +142,7 @@ def outputs(
                 encode_header(FLAG_JSON, key, attributes), json_struct_bytes(payload)
             )
         except RenderError as exc:
+            payload = payload or _fallback(change)
             made.append(
                 _dead(
                     source,
@@ -156,6 +157,7 @@ def outputs(
             )
             continue
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            payload = payload or _fallback(change)
             made.append(
                 _dead(
                     source,
@@ -186,6 +188,11 @@ def outputs(
             continue
         made.append(Output(stream, key, data, source.id))
     return made
+
+
+def _fallback(change: Change) -> bytes:
+    """What a dead letter keeps of a change that could not be encoded as JSON."""
+    return repr(change).encode("utf-8", "replace")
 
 
 def _dead(

@@ -26,11 +26,11 @@ from bridge.backoff import Backoff
 from bridge.cdc import envelope
 from bridge.cdc._model import PositionLost, Reader, ReaderError, Standby, Transaction
 from bridge.cdc.config import Source
-from bridge.cdc.positions import REFRESH_SECONDS, PositionStore
+from bridge.cdc.positions import REFRESH_SECONDS
 from bridge.hstream.errors import HStreamError
 from bridge.router import Output
 
-__all__ = ["Pipeline", "SourceRunner", "SourceStatus", "State"]
+__all__ = ["Pipeline", "Positions", "SourceRunner", "SourceStatus", "State"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ class Pipeline(Protocol):
     def accept(self, outputs: list[Output], received_at: float) -> Awaitable[None]:
         """Take records in order; resolves when every one is stored (or dead-lettered)."""
         ...
+
+
+class Positions(Protocol):
+    """Where committed positions are kept (bridge.cdc.positions.PositionStore)."""
+
+    async def load(self) -> Mapping[str, Any] | None: ...
+
+    async def save(self, position: Mapping[str, Any] | None) -> None: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -90,7 +98,7 @@ class SourceRunner:
         source: Source,
         reader: Reader,
         pipeline: Pipeline,
-        positions: PositionStore,
+        positions: Positions,
         *,
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
