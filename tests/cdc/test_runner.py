@@ -140,7 +140,10 @@ async def test_after_standby_and_an_error_the_reader_runs_from_the_committed_pos
 
 
 async def test_an_error_stays_visible_with_its_setting() -> None:
-    reader = Reader(*[[ReaderError("no REPLICATION", setting="REPLICATION")]] * 1000)
+    failure: list[Transaction | BaseException] = [
+        ReaderError("no REPLICATION", setting="REPLICATION")
+    ]
+    reader = Reader(*[failure] * 1000)
     r = runner(reader, Pipeline(), Positions())
     r.start()
     try:
