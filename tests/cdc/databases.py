@@ -24,6 +24,14 @@ class Database(Protocol):
         """Run statements one by one, each its own transaction, over one connection."""
         ...
 
+    def restart(self) -> None:
+        """Stop the server (cleanly) and start it again on the same port and data."""
+        ...
+
+    def slots(self) -> list[str]:
+        """Replication slots the server keeps (PostgreSQL; [] for MariaDB)."""
+        ...
+
 
 class MariaDatabase:
     kind = "mysql"
@@ -50,6 +58,12 @@ class MariaDatabase:
         finally:
             conn.close()
 
+    def restart(self) -> None:
+        self.server.restart()
+
+    def slots(self) -> list[str]:
+        return []
+
 
 class PostgresDatabase:
     kind = "postgres"
@@ -74,6 +88,15 @@ class PostgresDatabase:
                     cursor.execute(sql)
         finally:
             conn.close()
+
+    def restart(self) -> None:
+        self.server.restart()
+
+    def slots(self) -> list[str]:
+        rows = self.server.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (self.db,)
+        )
+        return [str(row[0]) for row in rows]
 
 
 def toml_sources(sources: list[dict[str, object]]) -> str:
