@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.cdc.metrics import CdcCollector
 from bridge.metrics import BridgeMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,7 @@ def exported_series() -> dict[str, str]:
     """Series name -> family name, from a scrape of a fresh BridgeMetrics with a disk buffer."""
     metrics = BridgeMetrics()
     metrics.bind_disk_buffer(DiskBuffer())
+    metrics.registry.register(CdcCollector(dict))  # the families exist with no source too
     body, _ = metrics.render()
     series: dict[str, str] = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -191,3 +193,16 @@ def test_dockerfile_runs_as_non_root_with_a_health_check() -> None:
     [cmd] = [json.loads(rest) for keyword, rest in instructions if keyword == "CMD"]
     assert cmd == ["run", "--api-listen", "0.0.0.0:8080", "--data-dir", "/data"]
     assert any(keyword == "VOLUME" and "/data" in rest for keyword, rest in instructions)
+
+
+def test_dashboard_shows_every_cdc_family() -> None:
+    series = exported_series()
+    families = {name for name in series.values() if name.startswith("hstream_bridge_cdc_")}
+    assert len(families) == 7
+    used = {
+        series[name]
+        for expr in expressions(load_dashboard())
+        for name in METRIC_NAME.findall(expr)
+        if name in series
+    }
+    assert families <= used, sorted(families - used)
