@@ -5,9 +5,11 @@ Mosquitto on free ports; the bridge runs in-process with its embedded store, so 
 back over real gRPC.
 """
 
+import logging
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bridge.cdc.config import Source
 from tests.cdc.databases import Database
@@ -26,8 +28,12 @@ def _orders(database: Database) -> tuple[str, str, str]:
 
 
 async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_without_repeats(
-    tmp_path: Path, database: Database, shared_mosquitto: Mosquitto
+    tmp_path: Path,
+    database: Database,
+    shared_mosquitto: Mosquitto,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     db, dsn, table = _orders(database)
     position = "lsn" if database.kind == "postgres" else "gtid"
     settings = bridge_settings(tmp_path, shared_mosquitto.url, client_id=f"cdc-{db}")
@@ -96,6 +102,8 @@ async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_wit
             ("c", 4),
             ("c", 5),
         ]
+    assert "secret" not in caplog.text  # the database password (tests/support: "secret")
+    assert "source" in caplog.text
 
 
 async def test_a_row_too_large_is_dead_lettered_and_the_source_goes_on(
