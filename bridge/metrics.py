@@ -27,6 +27,7 @@ Families (all prefixed `hstream_bridge_`; counters get `_total` on the wire):
     mqtt_connected, mqtt_reconnects_total
     hstream_reachable, hstream_errors_total{code}
     rules_loaded, build_info{version}
+    config_version                        the configuration version (config stream) applied
 
 With `--buffer disk` only (`bind_disk_buffer`; absent, not 0, in memory mode):
 
@@ -398,6 +399,11 @@ class BridgeMetrics:
         self.rules_loaded = Gauge(
             f"{PREFIX}_rules_loaded",
             "Rules currently loaded (enabled or not).",
+            registry=r,
+        )
+        self.config_version = Gauge(
+            f"{PREFIX}_config_version",
+            "Version of the configuration (rules and sources) this replica applied.",
             registry=r,
         )
         self.build_info = Info(f"{PREFIX}_build", "Bridge build information.", registry=r)

@@ -34,11 +34,14 @@ from bridge.api import (
     parse_listen,
     serve_api,
 )
+from bridge.backoff import Backoff
 from bridge.buffer import DiskBuffer, Forwarder
 from bridge.cdc.config import Source
 from bridge.cdc.manager import CdcSources
 from bridge.cdc.metrics import CdcCollector
 from bridge.cdc.store import SourcesFile, parse_sources
+from bridge.cluster.placement import owner
+from bridge.config import ConfigConflict, ConfigLog, Document
 from bridge.hstream import structenc
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamNotFound
@@ -139,6 +142,10 @@ class Bridge:
         self.api_url: str | None = None
         self._stack = contextlib.AsyncExitStack()
         self._rules_lock = asyncio.Lock()
+        self.config: ConfigLog | None = None
+        self.membership: Any = None  # bridge.cluster.Membership with --cluster-listen
+        self.replica_id = settings.replica_id or settings.client_id
+        self._subscribe_errors: dict[int, MqttError] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hstream_ok = False
         self._hstream_checked = 0.0
@@ -223,12 +230,14 @@ class Bridge:
             timeout=settings.append_timeout,
         )
         self._stack.push_async_callback(client.close)
+        hstream_up = True
         try:
             await client.connect()
             await self._check_dead_letter_stream(client)
         except HStreamError as exc:
             if not exc.retriable:
                 raise
+            hstream_up = False
             # An outage at start is waited out like any other: records wait in the buffer and
             # appends are retried until HStreamDB answers (/ready says it is not reachable).
             logger.warning("HStreamDB at %s is not reachable yet: %s", redact_url(hstream_url), exc)
@@ -281,13 +290,17 @@ class Bridge:
             _CdcPipeline(self),
             client,
             self.sources_file,
-            replica=settings.client_id,
+            replica=self.replica_id,
             replication_factor=settings.stream_replication,
+            may_run=self.may_run_source,
         )
         self._stack.push_async_callback(self.cdc.aclose, settings.shutdown_timeout)
         cdc = self.cdc
         self.metrics.registry.register(CdcCollector(lambda: cdc.runners))
         await self.cdc.start(initial_sources)
+        await self._start_config(client, hstream_up)
+        if settings.cluster_listen:
+            await self._start_cluster()
         if not structenc.COMPILED:
             logger.warning(
                 "JSON records are encoded by the pure-Python Struct encoder, ~7x slower than the "
@@ -300,6 +313,153 @@ class Bridge:
             redact_url(hstream_url),
             self.api_url,
         )
+
+    async def _start_config(self, client: HStreamClient, hstream_up: bool) -> None:
+        """Follow the config stream; seed it from the local files when it is empty.
+
+        With HStreamDB reachable, start-up waits (up to 10 s) until the stream is read, so a
+        started replica runs the cluster's configuration; without, it runs the cached one.
+        """
+        config = ConfigLog(
+            client,
+            self.settings.config_stream,
+            replica=self.replica_id,
+            on_apply=self._apply_document,
+            replication_factor=self.settings.stream_replication,
+        )
+        self.config = config
+        follower = config.start()
+        follower.add_done_callback(self._task_done)
+        self._stack.push_async_callback(config.aclose)
+        seeder = asyncio.create_task(self._seed_config(config), name="config-seed")
+        seeder.add_done_callback(self._task_done)
+        self._stack.push_async_callback(_cancel, seeder)
+        if hstream_up:
+            await config.wait_caught_up(10.0)
+            await asyncio.wait({seeder}, timeout=10.0)
+
+    async def _start_cluster(self) -> None:
+        """SWIM membership with the other replicas; it shows who is alive and proposes who
+        runs which source (bridge/cluster/placement.py). Correctness never depends on it."""
+        from bridge.cluster import Membership, MembershipConfig
+
+        settings = self.settings
+        assert settings.cluster_listen is not None
+        assert settings.cluster_secret is not None
+        peers = [p.strip() for p in (settings.cluster_peers or "").split(",") if p.strip()]
+        membership = Membership(
+            MembershipConfig(
+                local_id=self.replica_id,
+                listen=settings.cluster_listen,
+                peers=peers,
+                secret=settings.cluster_secret.encode(),
+            ),
+            self._member_metadata(),
+        )
+        self.membership = await self._stack.enter_async_context(membership)
+        task = asyncio.create_task(self._publish_metadata(), name="cluster-metadata")
+        task.add_done_callback(self._task_done)
+        self._stack.push_async_callback(_cancel, task)
+        logger.info("cluster member %s on %s, peers %s", self.replica_id, membership.address, peers)
+
+    def _member_metadata(self) -> dict[str, Any]:
+        """What the other replicas see of this one (GET /cluster)."""
+        running = []
+        if self.cdc is not None:
+            running = sorted(
+                source_id
+                for source_id, runner in self.cdc.runners.items()
+                if runner.status.state in ("snapshot", "streaming")
+            )
+        return {
+            "api": self.api_url,
+            "version": self.config_version,
+            "ready": self._ready_now(),
+            "paused": bool(self.source is not None and self.source.paused),
+            "sources": running,
+        }
+
+    def _ready_now(self) -> bool:
+        """Readiness without asking HStreamDB (the last answer is used)."""
+        if self.failure is not None or self.source is None or not self.source.connected:
+            return False
+        if self.disk is not None:
+            return self.disk.accepting
+        return self._hstream_ok and (
+            self.sender is None or self.sender.dead_letters_blocked is None
+        )
+
+    async def _publish_metadata(self) -> None:
+        assert self.membership is not None
+        published = self._member_metadata()
+        while True:
+            await asyncio.sleep(0.5)
+            metadata = self._member_metadata()
+            if metadata != published:
+                self.membership.update_metadata(metadata)
+                published = metadata
+
+    def may_run_source(self, source_id: str) -> bool:
+        """Whether this replica should try to take a source's lock now: it is the proposed
+        owner among the alive members, or no alive member runs the source (its owner cannot).
+        Without a cluster, always."""
+        membership = self.membership
+        if membership is None:
+            return True
+        alive = membership.alive()
+        if owner(source_id, [m.id for m in alive]) == self.replica_id:
+            return True
+        return not any(
+            source_id in (m.metadata.get("sources") or ()) for m in alive if m.id != self.replica_id
+        )
+
+    def cluster(self) -> dict[str, Any]:
+        """Every member with its status, API address, applied version and sources."""
+        local = {"id": self.replica_id, "status": "alive", **self._member_metadata()}
+        if self.membership is None:
+            return {"replica": self.replica_id, "clustered": False, "members": [local]}
+        members = []
+        for member in self.membership.members():
+            if member.id == self.replica_id:
+                members.append({**local, "address": member.address})
+                continue
+            meta = dict(member.metadata)
+            members.append(
+                {
+                    "id": member.id,
+                    "status": member.status,
+                    "address": member.address,
+                    "api": meta.get("api"),
+                    "version": meta.get("version"),
+                    "ready": meta.get("ready"),
+                    "paused": meta.get("paused"),
+                    "sources": meta.get("sources", []),
+                }
+            )
+        return {"replica": self.replica_id, "clustered": True, "members": members}
+
+    async def _seed_config(self, config: ConfigLog) -> None:
+        """An empty config stream takes this replica's cached rules and sources as version 1
+        (when several replicas start at once, one wins and all apply it)."""
+        await config.wait_caught_up(None)
+        if config.version or not (self.rules or self.sources):
+            return
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                await self._propose(self.rules, self.sources, None)
+            except ConfigConflict:
+                return  # another replica seeded it
+            except MqttError:
+                return  # stored; the subscriptions are retried by the MQTT source
+            except HStreamError as exc:
+                logger.warning("cannot seed the config stream yet: %s", exc)
+                await asyncio.sleep(backoff.next())
+            else:
+                logger.info(
+                    "seeded the config stream %s with the local configuration", config.stream
+                )
+                return
 
     async def _start_disk_buffer(self, accumulator: Accumulator) -> None:
         """Records go to disk first (acknowledged after fsync); a forwarder feeds the pipeline."""
@@ -618,27 +778,71 @@ class Bridge:
     def get_rule(self, rule_id: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)
 
-    async def create_rule(self, rule: Rule) -> Rule:
+    @property
+    def config_version(self) -> int:
+        """The configuration version applied here (0 before the first)."""
+        return self.config.version if self.config is not None else 0
+
+    async def create_rule(self, rule: Rule, if_match: int | None = None) -> Rule:
         async with self._rules_lock:
             if self.get_rule(rule.id) is not None:
                 raise RuleConflict(rule.id)
-            await self._apply_rules([*self.rules, rule])
+            await self._propose([*self.rules, rule], self.sources, if_match)
         return rule
 
-    async def replace_rule(self, rule_id: str, rule: Rule) -> Rule:
+    async def replace_rule(self, rule_id: str, rule: Rule, if_match: int | None = None) -> Rule:
         async with self._rules_lock:
             if self.get_rule(rule_id) is None:
                 raise RuleMissing(rule_id)
             if rule.id != rule_id and self.get_rule(rule.id) is not None:
                 raise RuleConflict(rule.id)
-            await self._apply_rules([rule if r.id == rule_id else r for r in self.rules])
+            rules = [rule if r.id == rule_id else r for r in self.rules]
+            await self._propose(rules, self.sources, if_match)
         return rule
 
-    async def delete_rule(self, rule_id: str) -> None:
+    async def delete_rule(self, rule_id: str, if_match: int | None = None) -> None:
         async with self._rules_lock:
             if self.get_rule(rule_id) is None:
                 raise RuleMissing(rule_id)
-            await self._apply_rules([r for r in self.rules if r.id != rule_id])
+            await self._propose([r for r in self.rules if r.id != rule_id], self.sources, if_match)
+
+    async def _propose(
+        self, rules: Sequence[Rule], sources: Sequence[Source], if_match: int | None
+    ) -> int:
+        """A new configuration through the config stream; applied here (and on every replica)
+        when this returns. ConfigConflict, PreconditionFailed, HStreamError (not stored), or
+        MqttError (stored and routing, the broker did not confirm the subscriptions)."""
+        assert self.config is not None
+        version = await self.config.propose(
+            [rule.model_dump(mode="json") for rule in rules],
+            [source.model_dump(mode="json") for source in sources],
+            if_match=if_match,
+        )
+        failed = self._subscribe_errors.pop(version, None)
+        if failed is not None:
+            raise failed
+        return version
+
+    async def _apply_document(self, document: Document) -> None:
+        """A configuration version from the config stream: rules and sources, live."""
+        rules = parse_rules(document.rules, f"configuration version {document.version}")
+        sources = parse_sources(document.sources, f"configuration version {document.version}")
+        if [r.model_dump() for r in rules] != [r.model_dump() for r in self.rules]:
+            try:
+                await self._apply_rules(rules)
+            except MqttError as exc:
+                self._subscribe_errors[document.version] = exc
+                while len(self._subscribe_errors) > 16:
+                    self._subscribe_errors.pop(next(iter(self._subscribe_errors)))
+            except OSError as exc:
+                logger.error("the rules cache file was not written: %s", exc)  # noqa: TRY400
+        if self.cdc is not None and sources != self.cdc.sources:
+            kept = {s.id for s in sources}
+            # The replica that deleted a source drops its slot; the others only stop it.
+            gone = [s for s in self.cdc.sources if s.id not in kept]
+            mine = document.replica == self.replica_id
+            await self.cdc.apply(sources, deleted=gone if mine else ())
+        self.metrics.config_version.set(document.version)
 
     async def _apply_rules(self, rules: list[Rule]) -> None:
         """Persist, then route by the new rules, then change the subscriptions.
@@ -699,24 +903,27 @@ class Bridge:
         assert self.cdc is not None
         return self.cdc.status(source_id)
 
-    async def create_source(self, source: Source) -> None:
-        assert self.cdc is not None
-        if self.cdc.get(source.id) is not None:
-            raise SourceConflict(source.id)
-        await self.cdc.apply([*self.cdc.sources, source])
+    async def create_source(self, source: Source, if_match: int | None = None) -> None:
+        async with self._rules_lock:
+            if self.get_source(source.id) is not None:
+                raise SourceConflict(source.id)
+            await self._propose(self.rules, [*self.sources, source], if_match)
 
-    async def replace_source(self, source_id: str, source: Source) -> None:
-        assert self.cdc is not None
-        if self.cdc.get(source_id) is None:
-            raise SourceMissing(source_id)
-        await self.cdc.apply([source if s.id == source_id else s for s in self.cdc.sources])
+    async def replace_source(
+        self, source_id: str, source: Source, if_match: int | None = None
+    ) -> None:
+        async with self._rules_lock:
+            if self.get_source(source_id) is None:
+                raise SourceMissing(source_id)
+            sources = [source if s.id == source_id else s for s in self.sources]
+            await self._propose(self.rules, sources, if_match)
 
-    async def delete_source(self, source_id: str) -> None:
-        assert self.cdc is not None
-        old = self.cdc.get(source_id)
-        if old is None:
-            raise SourceMissing(source_id)
-        await self.cdc.apply([s for s in self.cdc.sources if s.id != source_id], deleted=old)
+    async def delete_source(self, source_id: str, if_match: int | None = None) -> None:
+        async with self._rules_lock:
+            if self.get_source(source_id) is None:
+                raise SourceMissing(source_id)
+            sources = [s for s in self.sources if s.id != source_id]
+            await self._propose(self.rules, sources, if_match)
 
     def resnapshot_source(self, source_id: str) -> None:
         assert self.cdc is not None

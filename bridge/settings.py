@@ -135,6 +135,25 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_json: bool = Field(False, description="Log JSON lines instead of plain text")
+    config_stream: str = Field(
+        "hstream_bridge_config",
+        description="HStreamDB stream holding the rules and sources every replica follows",
+    )
+    replica_id: str | None = Field(
+        None, description="This replica's name in the cluster (default: the MQTT client id)"
+    )
+    cluster_listen: str | None = Field(
+        None,
+        description="UDP HOST:PORT for cluster membership (SWIM gossip) with other replicas",
+    )
+    cluster_peers: str | None = Field(
+        None, description="Comma-separated HOST:PORT of other replicas' --cluster-listen"
+    )
+    cluster_secret: str | None = Field(
+        None,
+        description="Shared secret (at least 16 characters) that signs cluster packets; "
+        "required with --cluster-listen or --cluster-peers",
+    )
     rules: list[dict[str, Any]] = Field(
         default_factory=list, description="Rules from the config file (TOML [[rules]] tables)"
     )
@@ -204,6 +223,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{cert} and {key} go together (a client certificate and its key)")
         if self.retry_backoff_max < self.retry_backoff_min:
             raise ValueError("retry_backoff_max must not be below retry_backoff_min")
+        if (self.cluster_listen or self.cluster_peers) and not self.cluster_listen:
+            raise ValueError("cluster_peers needs cluster_listen (this replica's own address)")
+        if self.cluster_listen and (self.cluster_secret is None or len(self.cluster_secret) < 16):
+            raise ValueError(
+                "cluster_listen needs cluster_secret of at least 16 characters: it signs the "
+                "cluster's packets (members with another secret are ignored)"
+            )
         if self.buffer_bytes < self.batch_max_bytes:
             raise ValueError("buffer_bytes must hold at least one batch (batch_max_bytes)")
         if self.batch_max_bytes > self.max_record_bytes:

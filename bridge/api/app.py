@@ -18,7 +18,17 @@ from bridge.api.deps import UNAUTHORIZED, UNAUTHORIZED_JSON, AuthDep
 from bridge.api.hosts import LoopbackHostOnly, is_loopback, parse_listen
 from bridge.api.limits import MAX_BODY_BYTES, BodySizeLimit
 from bridge.api.protocol import BridgeApi
-from bridge.api.routes import dead_letters, docs, health, metrics, rules, sources, stats, ui
+from bridge.api.routes import (
+    cluster,
+    dead_letters,
+    docs,
+    health,
+    metrics,
+    rules,
+    sources,
+    stats,
+    ui,
+)
 from bridge.api.security import SecurityHeaders
 from bridge.api.stats import RateWindow
 
@@ -62,6 +72,7 @@ TAGS: Final = [
         "description": "CDC sources: PostgreSQL and MySQL/MariaDB change streams. Deleting a"
         " source drops its replication slot",
     },
+    {"name": "cluster", "description": "Replicas: membership, versions, who runs what"},
     {"name": "health", "description": "Liveness and readiness probes (no token needed)"},
     {"name": "metrics", "description": "Prometheus metrics (the token, when one is set)"},
     {"name": "console", "description": "What the /ui console reads: rates and dead letters"},
@@ -96,6 +107,7 @@ def create_app(bridge: BridgeApi, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     if bridge.settings.api_token:
         app.include_router(rules.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
         app.include_router(sources.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
+        app.include_router(cluster.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
         app.include_router(health.router)
         app.include_router(metrics.router, dependencies=[AuthDep], responses=UNAUTHORIZED_JSON)
         app.include_router(stats.router, dependencies=[AuthDep], responses=UNAUTHORIZED)
@@ -103,6 +115,7 @@ def create_app(bridge: BridgeApi, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     else:
         app.include_router(rules.router)
         app.include_router(sources.router)
+        app.include_router(cluster.router)
         app.include_router(health.router)
         app.include_router(metrics.router)
         app.include_router(stats.router)

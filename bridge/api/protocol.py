@@ -115,9 +115,11 @@ class DryRunOutput(Protocol):
 class BridgeApi(Protocol):
     """The bridge as the HTTP API sees it.
 
-    Rule changes are serialised and persisted by the bridge; `create_rule` raises RuleConflict,
-    `replace_rule` RuleMissing (or RuleConflict when the new id is taken), `delete_rule`
-    RuleMissing. Anything else they raise (OSError from the rules file) is a server-side failure.
+    Rule changes are serialised and persisted by the bridge (through the config stream, see
+    bridge/config/log.py); `create_rule` raises RuleConflict, `replace_rule` RuleMissing (or
+    RuleConflict when the new id is taken), `delete_rule` RuleMissing; every change may raise
+    ConfigConflict (another replica changed the configuration first: 409), PreconditionFailed
+    (`if_match` is not the current version: 412) or HStreamError (not stored: 503).
     `dry_run` is pure: it routes and encodes but stores nothing. `dead_letters` reads the
     dead-letter stream through the HStreamDB client (bounded work, see
     `HStreamClient.read_last`); an HStreamError from it means HStreamDB did not answer.
@@ -134,11 +136,18 @@ class BridgeApi(Protocol):
 
     def get_rule(self, rule_id: str) -> Rule | None: ...
 
-    async def create_rule(self, rule: Rule) -> object: ...
+    @property
+    def config_version(self) -> int:
+        """The configuration version applied (the `ETag` of rules and sources)."""
+        ...
 
-    async def replace_rule(self, rule_id: str, rule: Rule) -> object: ...
+    async def create_rule(self, rule: Rule, if_match: int | None = None) -> object: ...
 
-    async def delete_rule(self, rule_id: str) -> None: ...
+    async def replace_rule(
+        self, rule_id: str, rule: Rule, if_match: int | None = None
+    ) -> object: ...
+
+    async def delete_rule(self, rule_id: str, if_match: int | None = None) -> None: ...
 
     async def readiness(self) -> Mapping[str, Any]:
         """At least `{"ready": bool, "mqtt": bool, "hstream": bool}`."""
@@ -169,18 +178,24 @@ class BridgeApi(Protocol):
         """`{"state": ..., "committed_position": ..., "lag_bytes": ..., "last_error": ...}`."""
         ...
 
-    async def create_source(self, source: Source) -> None:
+    async def create_source(self, source: Source, if_match: int | None = None) -> None:
         """Persist and start it; SourceConflict when the id is taken."""
         ...
 
-    async def replace_source(self, source_id: str, source: Source) -> None:
+    async def replace_source(
+        self, source_id: str, source: Source, if_match: int | None = None
+    ) -> None:
         """SourceMissing when there is no such source."""
         ...
 
-    async def delete_source(self, source_id: str) -> None:
+    async def delete_source(self, source_id: str, if_match: int | None = None) -> None:
         """Stop it, drop its slot/publication and positions; SourceMissing when unknown."""
         ...
 
     def resnapshot_source(self, source_id: str) -> None:
         """Forget its position and load its tables again; SourceMissing when not running."""
+        ...
+
+    def cluster(self) -> Mapping[str, Any]:
+        """The replicas as this one sees them (GET /cluster)."""
         ...

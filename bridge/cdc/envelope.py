@@ -20,15 +20,11 @@ from typing import Any, Final
 import orjson
 
 from bridge import deadletter
-from bridge.cdc._model import Change, Transaction
+from bridge.cdc._model import Change, TableRef, Transaction
 from bridge.cdc.config import Source
-from bridge.hstream.records import (
-    FLAG_JSON,
-    encode_header,
-    framed_size,
-    json_struct_bytes,
-    with_header,
-)
+from bridge.hstream._varint import VARINTS, varint
+from bridge.hstream.records import FLAG_JSON, encode_header, framed_size, with_header
+from bridge.hstream.structenc import encode_struct
 from bridge.router import Output
 from rules.template import RenderError
 
@@ -36,6 +32,9 @@ __all__ = ["CONNECTORS", "outputs"]
 
 CONNECTORS: Final = {"postgres": "postgresql", "mysql": "mysql"}
 _EXACT: Final = 2**53
+MAX_DEPTH: Final = 30
+"""Nesting (of json/jsonb values inside the envelope) beyond which a change is a dead letter:
+well inside what protobuf parses back (33 nested objects, 50 lists)."""
 
 ATTR_SOURCE = "cdc.source"
 ATTR_OP = "cdc.op"
@@ -43,15 +42,17 @@ ATTR_TABLE = "cdc.table"
 ATTR_POSITION = "cdc.position"
 
 
-def _exact(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Row values a double holds exactly (large integers as strings)."""
+def _exact(values: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """Row values a double holds exactly (large integers as strings); copied only if needed."""
     if values is None:
         return None
-    row = dict(values)
-    for name, value in row.items():
+    for value in values.values():
         if type(value) is int and not -_EXACT <= value <= _EXACT:
-            row[name] = str(value)
-    return row
+            return {
+                name: str(v) if type(v) is int and not -_EXACT <= v <= _EXACT else v
+                for name, v in values.items()
+            }
+    return values
 
 
 def partition_key(change: Change) -> str:
@@ -72,7 +73,38 @@ def _key_text(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def envelope(source: Source, txn: Transaction, change: Change, now_ms: int) -> dict[str, Any]:
+def _key_field(key: str) -> bytes:
+    """Field 3 (`key`) of an HStreamRecordHeader: appended to a header encoded without a key,
+    it gives the bytes protobuf writes for the whole header (fields in number order)."""
+    if not key:
+        return b""
+    data = key.encode("utf-8")
+    n = len(data)
+    return b"\x1a" + (VARINTS[n] if n < 16384 else varint(n)) + data
+
+
+def source_block(source: Source, txn: Transaction, table: TableRef) -> dict[str, Any]:
+    """The Debezium `source` block, the same for every change of one table in a transaction."""
+    block: dict[str, Any] = {
+        "connector": CONNECTORS[source.kind],
+        "name": source.id,
+        "db": table.db,
+        "schema": table.schema,
+        "table": table.name,
+        "ts_ms": txn.commit_ts_ms,
+        "snapshot": txn.snapshot,
+        "txId": txn.tx_id,
+    }
+    if txn.lsn is not None:
+        block["lsn"] = txn.lsn
+    if txn.gtid is not None:
+        block["gtid"] = txn.gtid
+    return block
+
+
+def envelope(
+    source: Source, change: Change, now_ms: int, block: Mapping[str, Any]
+) -> dict[str, Any]:
     if source.format == "flat":
         table = change.table
         row = change.after if change.after is not None else change.before
@@ -82,22 +114,8 @@ def envelope(source: Source, txn: Transaction, change: Change, now_ms: int) -> d
             else None
         )
         return {"key": _exact(key), "value": _exact(change.after)}
-    block: dict[str, Any] = {
-        "connector": CONNECTORS[source.kind],
-        "name": source.id,
-        "db": change.table.db,
-        "schema": change.table.schema,
-        "table": change.table.name,
-        "ts_ms": txn.commit_ts_ms,
-        "snapshot": txn.snapshot,
-        "txId": txn.tx_id,
-    }
-    if txn.lsn is not None:
-        block["lsn"] = txn.lsn
-    if txn.gtid is not None:
-        block["gtid"] = txn.gtid
     if change.unchanged:
-        block["unchanged"] = list(change.unchanged)
+        block = {**block, "unchanged": list(change.unchanged)}
     return {
         "before": _exact(change.before),
         "after": _exact(change.after),
@@ -107,6 +125,28 @@ def envelope(source: Source, txn: Transaction, change: Change, now_ms: int) -> d
     }
 
 
+class _Table:
+    """What every change of one table in one transaction shares."""
+
+    __slots__ = ("block", "error", "headers", "stream")
+
+    def __init__(self, source: Source, txn: Transaction, table: TableRef) -> None:
+        self.block = source_block(source, txn, table)
+        self.headers: dict[str, bytes] = {}  # by op: the header without its key
+        self.stream: str | None = None
+        self.error: str | None = None
+        captures = {
+            "source": source.id,
+            "db": table.db,
+            "schema": table.schema,
+            "table": table.name,
+        }
+        try:
+            self.stream = source.stream_template.render_name(captures, "")
+        except RenderError as exc:
+            self.error = str(exc)
+
+
 def outputs(
     source: Source,
     txn: Transaction,
@@ -114,80 +154,87 @@ def outputs(
     dead_letter_stream: str,
     max_record_bytes: int,
 ) -> list[Output]:
-    """The records one transaction makes, in order; dead letters in place of unstorable ones."""
+    """The records one transaction makes, in order; dead letters in place of unstorable ones.
+
+    The Struct is written straight from the envelope (no JSON text in between), and the record
+    header is encoded once per table and operation, its key appended per record.
+    """
     now_ms = int(time.time() * 1000)
     position = orjson.dumps(dict(txn.position)).decode()
+    tables: dict[TableRef, _Table] = {}
     made: list[Output] = []
     for change in txn.changes:
         table = change.table
+        shared = tables.get(table)
+        if shared is None:
+            shared = tables[table] = _Table(source, txn, table)
+        prefix = shared.headers.get(change.op)
         attributes = {
             ATTR_SOURCE: source.id,
             ATTR_OP: change.op,
             ATTR_TABLE: table.qualified,
             ATTR_POSITION: position,
         }
-        payload = b""
-        stream: str | None = None
-        try:
-            payload = orjson.dumps(envelope(source, txn, change, now_ms))
-            captures = {
-                "source": source.id,
-                "db": table.db,
-                "schema": table.schema,
-                "table": table.name,
-            }
-            stream = source.stream_template.render_name(captures, "")
-            key = partition_key(change)
-            data = with_header(
-                encode_header(FLAG_JSON, key, attributes), json_struct_bytes(payload)
-            )
-        except RenderError as exc:
-            payload = payload or _fallback(change)
+        if prefix is None:
+            prefix = shared.headers[change.op] = encode_header(FLAG_JSON, "", attributes)
+        value = envelope(source, change, now_ms, shared.block)
+        if shared.stream is None:
             made.append(
                 _dead(
                     source,
-                    payload,
+                    _text(value, change),
                     attributes,
                     deadletter.REASON_INVALID_STREAM_NAME,
-                    str(exc),
+                    shared.error or "invalid stream name",
                     None,
                     dead_letter_stream,
                     max_record_bytes,
                 )
             )
             continue
+        try:
+            struct = encode_struct(value, MAX_DEPTH)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-            payload = payload or _fallback(change)
             made.append(
                 _dead(
                     source,
-                    payload,
+                    _text(value, change),
                     attributes,
                     deadletter.REASON_ENCODE_ERROR,
                     repr(exc),
-                    stream,
+                    shared.stream,
                     dead_letter_stream,
                     max_record_bytes,
                 )
             )
             continue
+        key = partition_key(change)
+        data = with_header(prefix + _key_field(key), struct)
         size = framed_size(data)
         if size > max_record_bytes:
             made.append(
                 _dead(
                     source,
-                    payload,
+                    _text(value, change),
                     attributes,
                     deadletter.REASON_RECORD_TOO_LARGE,
                     f"record is {size} bytes in an append, the limit is {max_record_bytes}",
-                    stream,
+                    shared.stream,
                     dead_letter_stream,
                     max_record_bytes,
                 )
             )
             continue
-        made.append(Output(stream, key, data, source.id))
+        made.append(Output(shared.stream, key, data, source.id))
     return made
+
+
+def _text(value: Mapping[str, Any], change: Change) -> bytes:
+    """The change as JSON text for a dead letter (repr where JSON cannot say it)."""
+    try:
+        return orjson.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return _fallback(change)
 
 
 def _fallback(change: Change) -> bytes:

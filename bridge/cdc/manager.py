@@ -9,7 +9,7 @@ positions, so a source created again with the same id starts with a new snapshot
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bridge.cdc._model import Reader, ReaderError
@@ -45,6 +45,7 @@ class CdcSources:
         replica: str,
         replication_factor: int = 1,
         reader_factory: Callable[[Source], Reader] = make_reader,
+        may_run: Callable[[str], bool] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._client = client
@@ -52,6 +53,7 @@ class CdcSources:
         self._replica = replica
         self._replication_factor = replication_factor
         self._reader_factory = reader_factory
+        self._may_run = may_run
         self.sources: list[Source] = []
         self.runners: dict[str, SourceRunner] = {}
         self._lock = asyncio.Lock()
@@ -83,14 +85,19 @@ class CdcSources:
                     self._start(source)
 
     def _start(self, source: Source) -> None:
+        may_run = self._may_run
         runner = SourceRunner(
-            source, self._reader_factory(source), self._pipeline, self._positions(source)
+            source,
+            self._reader_factory(source),
+            self._pipeline,
+            self._positions(source),
+            may_run=(lambda: may_run(source.id)) if may_run is not None else None,
         )
         self.runners[source.id] = runner
         runner.start()
         logger.info("source %s (%s) started", source.id, source.kind)
 
-    async def apply(self, sources: list[Source], deleted: Source | None = None) -> None:
+    async def apply(self, sources: list[Source], deleted: Sequence[Source] = ()) -> None:
         """Persist `sources`, then stop what changed or went and start what is new."""
         async with self._lock:
             await asyncio.to_thread(self.file.save, sources)
@@ -104,8 +111,8 @@ class CdcSources:
             for source in sources:
                 if source.enabled and source.id not in self.runners:
                     self._start(source)
-            if deleted is not None:
-                await self._drop(deleted)
+            for source in deleted:
+                await self._drop(source)
 
     async def _drop(self, source: Source) -> None:
         reader = self._reader_factory(source)

@@ -104,6 +104,7 @@ class SourceRunner:
         backoff_max: float = 30.0,
         standby_retry: float = 2.0,
         commit_interval: float = 0.1,
+        may_run: Callable[[], bool] | None = None,
     ) -> None:
         self.source = source
         self.reader = reader
@@ -113,6 +114,7 @@ class SourceRunner:
         self._backoff = Backoff(backoff_min, backoff_max)
         self._standby_retry = standby_retry
         self._commit_interval = commit_interval
+        self._may_run = may_run
         # Delivered transactions not yet committed, in delivery order: (stored?, position).
         self._pending: collections.deque[tuple[Awaitable[None], Mapping[str, Any]]] = (
             collections.deque()
@@ -180,6 +182,12 @@ class SourceRunner:
             except HStreamError as exc:
                 self._fail(f"HStreamDB does not answer: {exc}", None)
                 await asyncio.sleep(self._backoff.next())
+                continue
+            if self._may_run is not None and not self._may_run():
+                # Another replica is proposed for this source (cluster placement): stand by
+                # without asking the database; its lock decides whoever does ask.
+                self.status.state = "standby"
+                await asyncio.sleep(self._standby_retry)
                 continue
             self._pending.clear()  # what was delivered and not committed is read again
             self.status.pending_transactions = 0

@@ -103,7 +103,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(flags, args.config)
 
 
-_SECRET_SETTINGS = frozenset({"mqtt_password", "api_token"})
+_SECRET_SETTINGS = frozenset({"mqtt_password", "api_token", "cluster_secret"})
 """Settings whose values are never quoted in an error."""
 
 

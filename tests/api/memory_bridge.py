@@ -59,19 +59,24 @@ class MemoryBridge:
         self.dead_letters_error: Exception | None = None
         self._lock = asyncio.Lock()
         self.sources: list[Source] = []
+        self.version = 0  # bumped by every change, as the config stream would
         self.resnapshots: list[str] = []
+
+    @property
+    def config_version(self) -> int:
+        return self.version
 
     def get_rule(self, rule_id: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)
 
-    async def create_rule(self, rule: Rule) -> Rule:
+    async def create_rule(self, rule: Rule, if_match: int | None = None) -> Rule:
         async with self._lock:
             if self.get_rule(rule.id) is not None:
                 raise RuleConflict(rule.id)
             self._apply([*self.rules, rule])
         return rule
 
-    async def replace_rule(self, rule_id: str, rule: Rule) -> Rule:
+    async def replace_rule(self, rule_id: str, rule: Rule, if_match: int | None = None) -> Rule:
         async with self._lock:
             if self.get_rule(rule_id) is None:
                 raise RuleMissing(rule_id)
@@ -80,7 +85,7 @@ class MemoryBridge:
             self._apply([rule if r.id == rule_id else r for r in self.rules])
         return rule
 
-    async def delete_rule(self, rule_id: str) -> None:
+    async def delete_rule(self, rule_id: str, if_match: int | None = None) -> None:
         async with self._lock:
             if self.get_rule(rule_id) is None:
                 raise RuleMissing(rule_id)
@@ -89,6 +94,7 @@ class MemoryBridge:
     def _apply(self, rules: list[Rule]) -> None:
         if self.save_error is not None:
             raise self.save_error
+        self.version += 1
         self.router.matcher = Matcher(rules)
         self.rules = rules
         if self.subscribe_error is not None:
@@ -139,19 +145,21 @@ class MemoryBridge:
         source = self.get_source(source_id)
         return {"state": "streaming" if source is not None and source.enabled else "disabled"}
 
-    async def create_source(self, source: Source) -> None:
+    async def create_source(self, source: Source, if_match: int | None = None) -> None:
         if self.get_source(source.id) is not None:
             raise SourceConflict(source.id)
         if self.save_error is not None:
             raise self.save_error
         self.sources.append(source)
 
-    async def replace_source(self, source_id: str, source: Source) -> None:
+    async def replace_source(
+        self, source_id: str, source: Source, if_match: int | None = None
+    ) -> None:
         if self.get_source(source_id) is None:
             raise SourceMissing(source_id)
         self.sources = [source if s.id == source_id else s for s in self.sources]
 
-    async def delete_source(self, source_id: str) -> None:
+    async def delete_source(self, source_id: str, if_match: int | None = None) -> None:
         if self.get_source(source_id) is None:
             raise SourceMissing(source_id)
         self.sources = [s for s in self.sources if s.id != source_id]
@@ -160,3 +168,6 @@ class MemoryBridge:
         if self.get_source(source_id) is None:
             raise SourceMissing(source_id)
         self.resnapshots.append(source_id)
+
+    def cluster(self) -> dict[str, Any]:
+        return {"replica": "memory", "clustered": False, "members": [{"id": "memory"}]}

@@ -23,6 +23,7 @@ PROTECTED = [
     ("PUT", "/sources/x", SOURCE_X),
     ("DELETE", "/sources/x", None),
     ("POST", "/sources/x/resnapshot", None),
+    ("GET", "/cluster", None),  # replica addresses
 ]
 OPEN = ["/health", "/ready", "/docs", "/openapi.json", "/ui"]
 SECURED_PATHS = {
@@ -35,6 +36,7 @@ SECURED_PATHS = {
     "/sources",
     "/sources/{source_id}",
     "/sources/{source_id}/resnapshot",
+    "/cluster",
 }
 
 

@@ -86,6 +86,8 @@ async def test_the_service_bridge_satisfies_the_api_protocol(live: tuple[Bridge,
     running, _ = live
     api: BridgeApi = running  # mypy proves the structural match statically; this checks it live
     assert api_members() == [
+        "cluster",
+        "config_version",
         "create_rule",
         "create_source",
         "dead_letters",

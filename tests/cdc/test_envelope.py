@@ -126,3 +126,24 @@ def test_what_cannot_be_stored_becomes_a_dead_letter_with_the_cdc_attributes(
     assert record.attributes["cdc.table"] == change.table.qualified
     assert record.attributes["rule"] == "shop"
     assert record.payload  # the change, as JSON or as text
+
+
+@pytest.mark.parametrize("key", ["", "public.orders/1", "ü/" + "k" * 20000])
+def test_a_spliced_key_gives_the_header_protobuf_writes(key: str) -> None:
+    from bridge.cdc.envelope import _key_field
+    from bridge.hstream.records import FLAG_JSON, encode_header
+
+    attributes = {"cdc.op": "c", "cdc.table": "public.orders"}
+    assert encode_header(FLAG_JSON, "", attributes) + _key_field(key) == encode_header(
+        FLAG_JSON, key, attributes
+    )
+
+
+def test_json_nested_past_what_protobuf_reads_back_is_a_dead_letter() -> None:
+    deep: Any = "leaf"
+    for _ in range(40):
+        deep = {"d": deep}
+    (out,) = make(source(), Change("c", ORDERS, None, {"id": 1, "doc": deep}))
+    assert out.reason == "encode_error"
+    record, _ = decoded(out.data)
+    assert b'"doc"' in record.payload  # the change as JSON text

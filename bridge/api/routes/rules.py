@@ -24,6 +24,10 @@ from bridge.api.models import (
     rule_replacement_schema,
 )
 from bridge.api.protocol import RuleConflict, RuleMissing
+from bridge.api.versions import RESPONSES as VERSION_RESPONSES
+from bridge.api.versions import IfMatch, config_error, parse_if_match, set_etag
+from bridge.config import ConfigConflict, PreconditionFailed
+from bridge.hstream.errors import HStreamError
 from bridge.mqtt import MqttError
 from rules import Rule
 
@@ -120,13 +124,21 @@ def _not_saved(exc: OSError) -> HTTPException:
     )
 
 
+def _versioned(exc: Exception) -> HTTPException:
+    error = config_error(exc)
+    assert error is not None
+    return error
+
+
 def _invalid(errors: list[dict[str, Any]], body: object) -> RequestValidationError:
     return RequestValidationError(errors, body=body)
 
 
 @router.get("", summary="List the rules", response_model=list[Rule])
-async def list_rules(bridge: BridgeDep) -> list[Rule]:
-    """All rules, disabled ones included, in the order matches are reported in."""
+async def list_rules(bridge: BridgeDep, response: Response) -> list[Rule]:
+    """All rules, disabled ones included, in the order matches are reported in. The `ETag` is
+    the configuration version (rules and sources), for `If-Match` on a change."""
+    set_etag(response, bridge.config_version)
     return list(bridge.rules)
 
 
@@ -140,8 +152,9 @@ async def list_rules(bridge: BridgeDep) -> list[Rule]:
             "description": "Created; the Location header is the rule's URL",
             "headers": {"Location": {"description": "/rules/{id}", "schema": {"type": "string"}}},
         },
-        **_CONFLICT,
         **_NOT_SAVED,
+        **VERSION_RESPONSES,
+        **_CONFLICT,
         **_UNDECODABLE,
     },
 )
@@ -150,20 +163,24 @@ async def create_rule(
     bridge: BridgeDep,
     request: Request,
     response: Response,
+    if_match: IfMatch = None,
 ) -> Rule:
     """Add a rule; it takes effect at once (the MQTT subscriptions change without a restart).
 
     An invalid rule is refused with 422, and `loc` names the field (`["body", "topic"]`).
     """
     try:
-        await bridge.create_rule(rule)
+        await bridge.create_rule(rule, parse_if_match(if_match))
     except RuleConflict:
         raise _conflict(rule.id) from None
     except MqttError as exc:
         raise _not_subscribed(exc) from None
     except OSError as exc:
         raise _not_saved(exc) from None
+    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+        raise _versioned(exc) from None
     response.headers["Location"] = str(request.app.url_path_for("get_rule", rule_id=rule.id))
+    set_etag(response, bridge.config_version)
     return rule
 
 
@@ -214,10 +231,11 @@ async def test_rules(message: DryRunRequest, bridge: BridgeDep) -> DryRunResult:
     response_model=Rule,
     responses=_NOT_FOUND,
 )
-async def get_rule(rule_id: RuleId, bridge: BridgeDep) -> Rule:
+async def get_rule(rule_id: RuleId, bridge: BridgeDep, response: Response) -> Rule:
     rule = bridge.get_rule(rule_id)
     if rule is None:
         raise _missing(rule_id)
+    set_etag(response, bridge.config_version)
     return rule
 
 
@@ -225,7 +243,7 @@ async def get_rule(rule_id: RuleId, bridge: BridgeDep) -> Rule:
     "/{rule_id}",
     summary="Replace a rule",
     response_model=Rule,
-    responses={**_NOT_FOUND, **_NOT_SAVED, **_UNDECODABLE},
+    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES, **_UNDECODABLE},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -242,6 +260,8 @@ async def replace_rule(
     rule_id: RuleId,
     body: Annotated[dict[str, Any], Body()],
     bridge: BridgeDep,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> Rule:
     """Replace the rule with this id by the body; it takes effect at once.
 
@@ -272,7 +292,7 @@ async def replace_rule(
         ]
         raise _invalid(errors, body) from None
     try:
-        await bridge.replace_rule(rule_id, rule)
+        await bridge.replace_rule(rule_id, rule, parse_if_match(if_match))
     except RuleMissing:
         raise _missing(rule_id) from None
     except RuleConflict:
@@ -281,6 +301,9 @@ async def replace_rule(
         raise _not_subscribed(exc) from None
     except OSError as exc:
         raise _not_saved(exc) from None
+    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+        raise _versioned(exc) from None
+    set_etag(response, bridge.config_version)
     return rule
 
 
@@ -289,16 +312,20 @@ async def replace_rule(
     summary="Delete a rule",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses={**_NOT_FOUND, **_NOT_SAVED},
+    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES},
 )
-async def delete_rule(rule_id: RuleId, bridge: BridgeDep) -> Response:
+async def delete_rule(rule_id: RuleId, bridge: BridgeDep, if_match: IfMatch = None) -> Response:
     """Remove the rule; messages it already routed are still stored."""
     try:
-        await bridge.delete_rule(rule_id)
+        await bridge.delete_rule(rule_id, parse_if_match(if_match))
     except RuleMissing:
         raise _missing(rule_id) from None
     except MqttError as exc:
         raise _not_subscribed(exc) from None
     except OSError as exc:
         raise _not_saved(exc) from None
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+        raise _versioned(exc) from None
+    done = Response(status_code=status.HTTP_204_NO_CONTENT)
+    set_etag(done, bridge.config_version)
+    return done

@@ -17,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bridge.api.deps import BridgeDep
 from bridge.api.models import ErrorMessage
 from bridge.api.protocol import SourceConflict, SourceMissing
+from bridge.api.versions import RESPONSES as VERSION_RESPONSES
+from bridge.api.versions import IfMatch, config_error, parse_if_match, set_etag
 from bridge.cdc.config import MASK, Source, mask_dsn
+from bridge.config import ConfigConflict, PreconditionFailed
+from bridge.hstream.errors import HStreamError
 
 router = APIRouter(prefix="/sources", tags=["sources"])
 
@@ -94,12 +98,20 @@ def _not_saved(exc: OSError) -> HTTPException:
     )
 
 
+def _versioned(exc: Exception) -> HTTPException:
+    error = config_error(exc)
+    assert error is not None
+    return error
+
+
 def _invalid(errors: list[dict[str, Any]], body: object) -> RequestValidationError:
     return RequestValidationError(errors, body=body)
 
 
 @router.get("", summary="List the CDC sources", response_model=list[SourceView])
-async def list_sources(bridge: BridgeDep) -> list[SourceView]:
+async def list_sources(bridge: BridgeDep, response: Response) -> list[SourceView]:
+    """Every source with its status; the `ETag` is the configuration version."""
+    set_etag(response, bridge.config_version)
     return [_view(s, dict(bridge.source_status(s.id))) for s in bridge.sources]
 
 
@@ -108,33 +120,38 @@ async def list_sources(bridge: BridgeDep) -> list[SourceView]:
     summary="Create a CDC source",
     status_code=status.HTTP_201_CREATED,
     response_model=SourceView,
-    responses={**_CONFLICT, **_NOT_SAVED, **_UNDECODABLE},
+    responses={**_NOT_SAVED, **VERSION_RESPONSES, **_CONFLICT, **_UNDECODABLE},
 )
 async def create_source(
     source: Annotated[Source, Body(openapi_examples={"shop": {"value": SOURCE_EXAMPLE}})],
     bridge: BridgeDep,
     request: Request,
     response: Response,
+    if_match: IfMatch = None,
 ) -> SourceView:
     """Add a source and start it: the initial snapshot (unless `snapshot` is `never`), then
     changes as they commit. Its status says what it does, and what to change when it cannot."""
     try:
-        await bridge.create_source(source)
+        await bridge.create_source(source, parse_if_match(if_match))
     except SourceConflict:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"source {source.id!r} already exists"
         ) from None
     except OSError as exc:
         raise _not_saved(exc) from None
+    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+        raise _versioned(exc) from None
+    set_etag(response, bridge.config_version)
     response.headers["Location"] = str(request.app.url_path_for("get_source", source_id=source.id))
     return _view(source, dict(bridge.source_status(source.id)))
 
 
 @router.get("/{source_id}", summary="Read a CDC source and its status", responses=_NOT_FOUND)
-async def get_source(source_id: SourceId, bridge: BridgeDep) -> SourceView:
+async def get_source(source_id: SourceId, bridge: BridgeDep, response: Response) -> SourceView:
     source = bridge.get_source(source_id)
     if source is None:
         raise _missing(source_id)
+    set_etag(response, bridge.config_version)
     return _view(source, dict(bridge.source_status(source_id)))
 
 
@@ -142,12 +159,14 @@ async def get_source(source_id: SourceId, bridge: BridgeDep) -> SourceView:
     "/{source_id}",
     summary="Replace a CDC source",
     response_model=SourceView,
-    responses={**_NOT_FOUND, **_NOT_SAVED, **_UNDECODABLE},
+    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES, **_UNDECODABLE},
 )
 async def replace_source(
     source_id: SourceId,
     body: Annotated[dict[str, Any], Body(examples=[SOURCE_EXAMPLE])],
     bridge: BridgeDep,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> SourceView:
     """Replace the source; it restarts from its committed position (tables added later are
     streamed from now on, not snapshotted). A DSN whose password is `****` keeps the stored
@@ -180,11 +199,14 @@ async def replace_source(
         ]
         raise _invalid(errors, None) from None
     try:
-        await bridge.replace_source(source_id, source)
+        await bridge.replace_source(source_id, source, parse_if_match(if_match))
     except SourceMissing:
         raise _missing(source_id) from None
     except OSError as exc:
         raise _not_saved(exc) from None
+    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+        raise _versioned(exc) from None
+    set_etag(response, bridge.config_version)
     return _view(source, dict(bridge.source_status(source_id)))
 
 
@@ -193,19 +215,25 @@ async def replace_source(
     summary="Delete a CDC source (drops its slot)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses={**_NOT_FOUND, **_NOT_SAVED},
+    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES},
 )
-async def delete_source(source_id: SourceId, bridge: BridgeDep) -> Response:
+async def delete_source(
+    source_id: SourceId, bridge: BridgeDep, if_match: IfMatch = None
+) -> Response:
     """Stop the source and drop what it keeps: its PostgreSQL replication slot and publication
     (the database stops keeping WAL for it) and its committed positions. Records already
     stored stay. Created again, it starts with a new snapshot."""
     try:
-        await bridge.delete_source(source_id)
+        await bridge.delete_source(source_id, parse_if_match(if_match))
     except SourceMissing:
         raise _missing(source_id) from None
     except OSError as exc:
         raise _not_saved(exc) from None
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+        raise _versioned(exc) from None
+    done = Response(status_code=status.HTTP_204_NO_CONTENT)
+    set_etag(done, bridge.config_version)
+    return done
 
 
 @router.post(

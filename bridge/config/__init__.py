@@ -1,0 +1,5 @@
+"""Rules and sources as one versioned document, replicated through an HStreamDB stream."""
+
+from bridge.config.log import ConfigConflict, ConfigLog, Document, PreconditionFailed
+
+__all__ = ["ConfigConflict", "ConfigLog", "Document", "PreconditionFailed"]
