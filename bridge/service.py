@@ -351,6 +351,7 @@ class Bridge:
             MembershipConfig(
                 local_id=self.replica_id,
                 listen=settings.cluster_listen,
+                advertise=settings.cluster_advertise,
                 peers=peers,
                 secret=settings.cluster_secret.encode(),
             ),

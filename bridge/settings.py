@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         None,
         description="UDP HOST:PORT for cluster membership (SWIM gossip) with other replicas",
     )
+    cluster_advertise: str | None = Field(
+        None,
+        description="IP:PORT other replicas reach this one at (needed when --cluster-listen "
+        "is a wildcard such as 0.0.0.0:7946)",
+    )
     cluster_peers: str | None = Field(
         None, description="Comma-separated HOST:PORT of other replicas' --cluster-listen"
     )
