@@ -117,3 +117,37 @@ async def test_deleting_a_source_drops_its_slot_and_positions(
         assert bridge.client is not None
         names = [s.name for s in await bridge.client.list_streams()]
         assert not [n for n in names if n.startswith(positions)]
+
+
+async def test_with_the_disk_buffer_changes_are_read_on_during_an_outage_and_stored_after(
+    tmp_path: Path, database: Database, shared_mosquitto: Mosquitto
+) -> None:
+    source_id, dsn, table = database.prepare(ITEMS, "items")
+    async with subprocess_store(tmp_path / "store") as store:
+        settings = bridge_settings(
+            tmp_path / "bridge",
+            shared_mosquitto.url,
+            client_id=f"cdc-{source_id}",
+            hstream_url=store.url,
+            buffer="disk",
+            sources=[source_body(source_id, database.kind, dsn, [table])],
+        )
+        async with running_bridge(settings) as bridge:
+            assert bridge.api_url is not None
+            await wait_state(bridge.api_url, source_id, "streaming")
+            store.kill()
+            database.execute_each(_inserts(0, 1000))
+            runner = bridge.cdc.runners[source_id] if bridge.cdc else None
+            assert runner is not None
+            # Durable on the bridge's disk: read on, though HStreamDB is down.
+            await wait_until(lambda: runner.status.changes.get("c", 0) == 1000, 30, "1000 rows")
+            disk = bridge.disk
+            assert disk is not None
+            await wait_until(lambda: disk.written_total >= 1000, 10, "1000 records on disk")
+            # Positions live in HStreamDB: they are committed once it is back (the database
+            # keeps its log until then).
+            assert runner.status.pending_transactions > 0
+            await store.start()
+            found = await wait_changes(store.url, stream_of(source_id, "items"), 1000, 60)
+            await wait_until(lambda: runner.status.pending_transactions == 0, 30, "commits")
+    assert {c["after"]["id"] for c in found} == set(range(1000))
