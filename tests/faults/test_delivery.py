@@ -376,7 +376,9 @@ async def test_a_rule_made_while_intake_is_paused_answers_at_once_and_subscribes
     async with bridged(rig, tmp_path, [rule("busy", "busy", "busy")], **overrides) as bridge:
         source = bridge.source
         assert source is not None
-        await rig.faults.cut()
+        # Appends to "busy" held before the store: the budget fills and intake pauses, while
+        # the config stream (where the rule change goes) still answers.
+        rig.faults.hold("Append", stream="busy", before=True)
         await send(rig, [(f"busy/d{n % 4}", payload(n, 1024)) for n in range(300)])
         await wait_until(lambda: source.paused, 20, "intake to pause")
         started = asyncio.get_running_loop().time()
@@ -385,7 +387,7 @@ async def test_a_rule_made_while_intake_is_paused_answers_at_once_and_subscribes
         # the whole SUBACK time-out, 10 s, and answered 502).
         assert asyncio.get_running_loop().time() - started < 1.0
         assert source.unconfirmed == {"later/+": 1}
-        rig.faults.restore()
+        rig.faults.clear()
         await wait_until(lambda: not source.unconfirmed, 30, "the subscription on resume")
         await send(rig, [("later/d0", payload(n)) for n in range(300, 310)])
         await acked(rig, 310, timeout=60)
