@@ -31,7 +31,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import psycopg2
 import psycopg2.errors
@@ -111,12 +111,24 @@ class _Table:
         self.ref = ref
 
 
-class _RelationMap:
-    """What the Relation messages said, by relation id: the columns (name, base type OID)."""
+class _Relation:
+    """A Relation message made ready to turn its tuples into rows: the captured table (None when
+    the table is not captured), and per column its name, its converter (by base type) and
+    whether it is part of the replica identity."""
 
-    def __init__(self) -> None:
-        self.relations: dict[int, pgoutput.Relation] = {}
-        self.types: dict[int, tuple[int, ...]] = {}
+    __slots__ = ("converters", "keys", "names", "ref")
+
+    def __init__(
+        self,
+        ref: TableRef | None,
+        names: tuple[str, ...],
+        converters: tuple[pgoutput.Converter, ...],
+        keys: tuple[bool, ...],
+    ) -> None:
+        self.ref = ref
+        self.names = names
+        self.converters = converters
+        self.keys = keys
 
 
 class PostgresReader:
@@ -655,8 +667,7 @@ class PostgresReader:
         self._sent_flush = 0
         self._received_lsn = max(self._received_lsn, start_lsn)
         self._in_flight.clear()
-        relations: dict[int, pgoutput.Relation] = {}
-        base_types: dict[int, tuple[int, ...]] = {}
+        relations: dict[int, _Relation] = {}
         fd = repl.fileno()
         loop = asyncio.get_running_loop()
         side = [
@@ -703,7 +714,6 @@ class PostgresReader:
                     if self._flush_lsn > self._sent_flush:
                         self._send_feedback(cur)
                 elif isinstance(decoded, pgoutput.Relation):
-                    relations[decoded.relation_id] = decoded
                     oids = [col.type_oid for col in decoded.columns]
                     if any(
                         o not in pgoutput.KNOWN_TYPES and o not in self._base_types for o in oids
@@ -711,11 +721,9 @@ class PostgresReader:
                         conn = self._conn
                         if conn is not None:
                             await self._call(conn, functools.partial(self._resolve_oids, oids))
-                    base_types[decoded.relation_id] = tuple(
-                        self._base_types.get(o, o) for o in oids
-                    )
+                    relations[decoded.relation_id] = self._relation(decoded, tables)
                 else:
-                    changes.extend(self._changes(decoded, relations, base_types, tables))
+                    changes.extend(self._changes(decoded, relations))
         finally:
             for task in side:
                 task.cancel()
@@ -723,73 +731,62 @@ class PostgresReader:
                 with contextlib.suppress(BaseException):
                     await task
 
+    def _relation(
+        self, relation: pgoutput.Relation, tables: Mapping[tuple[str, str], _Table]
+    ) -> _Relation:
+        """What `_changes` needs of a Relation message (its columns' base types resolved)."""
+        table = tables.get((relation.namespace, relation.name))
+        columns = relation.columns
+        return _Relation(
+            table.ref if table is not None else None,
+            tuple(column.name for column in columns),
+            tuple(
+                pgoutput.converter(self._base_types.get(column.type_oid, column.type_oid))
+                for column in columns
+            ),
+            tuple(column.key for column in columns),
+        )
+
     def _changes(
-        self,
-        message: pgoutput.Message,
-        relations: Mapping[int, pgoutput.Relation],
-        base_types: Mapping[int, tuple[int, ...]],
-        tables: Mapping[tuple[str, str], _Table],
+        self, message: pgoutput.Message, relations: Mapping[int, _Relation]
     ) -> list[Change]:
-        def ref_of(relation_id: int) -> tuple[pgoutput.Relation, TableRef] | None:
-            relation = relations.get(relation_id)
-            if relation is None:
-                raise ReaderError(
-                    f"pgoutput sent a change of relation {relation_id} before its Relation message"
-                )
-            table = tables.get((relation.namespace, relation.name))
-            if table is None:
-                return None
-            return relation, table.ref
-
-        def row(
-            relation_id: int, data: pgoutput.TupleData, only_key: bool = False
-        ) -> tuple[dict[str, Any], tuple[str, ...]]:
-            relation = relations[relation_id]
-            types = base_types.get(relation_id, ())
-            values: dict[str, Any] = {}
-            unchanged: list[str] = []
-            for index, (column, value) in enumerate(
-                zip(relation.columns, data.values, strict=False)
-            ):
-                if only_key and not column.key:
-                    continue
-                if value is pgoutput.UNCHANGED:
-                    unchanged.append(column.name)
-                    continue
-                if isinstance(value, bytes):
-                    value = value.decode(self._encoding, errors="replace")
-                oid = types[index] if index < len(types) else column.type_oid
-                assert not isinstance(value, pgoutput._Unchanged)
-                values[column.name] = pgoutput.convert(oid, value)
-            return values, tuple(unchanged)
-
         if isinstance(message, pgoutput.Insert):
-            found = ref_of(message.relation_id)
-            if found is None:
+            relation = relations.get(message.relation_id)
+            if relation is None:
+                raise _no_relation(message.relation_id)
+            if relation.ref is None:
                 return []
-            after, unchanged = row(message.relation_id, message.new)
-            return [Change("c", found[1], None, after, unchanged)]
+            after, unchanged = _row(relation, message.new, False, self._encoding)
+            return [Change("c", relation.ref, None, after, unchanged)]
         if isinstance(message, pgoutput.Update):
-            found = ref_of(message.relation_id)
-            if found is None:
+            relation = relations.get(message.relation_id)
+            if relation is None:
+                raise _no_relation(message.relation_id)
+            if relation.ref is None:
                 return []
             before = None
             if message.old is not None:
-                before, _ = row(message.relation_id, message.old, message.old_kind == "K")
-            after, unchanged = row(message.relation_id, message.new)
-            return [Change("u", found[1], before, after, unchanged)]
+                only_key = message.old_kind == "K"
+                before, _ = _row(relation, message.old, only_key, self._encoding)
+            after, unchanged = _row(relation, message.new, False, self._encoding)
+            return [Change("u", relation.ref, before, after, unchanged)]
         if isinstance(message, pgoutput.Delete):
-            found = ref_of(message.relation_id)
-            if found is None:
+            relation = relations.get(message.relation_id)
+            if relation is None:
+                raise _no_relation(message.relation_id)
+            if relation.ref is None:
                 return []
-            before, _ = row(message.relation_id, message.old, message.old_kind == "K")
-            return [Change("d", found[1], before, None)]
+            only_key = message.old_kind == "K"
+            before, _ = _row(relation, message.old, only_key, self._encoding)
+            return [Change("d", relation.ref, before, None)]
         if isinstance(message, pgoutput.Truncate):
             out = []
             for relation_id in message.relation_ids:
-                found = ref_of(relation_id)
-                if found is not None:
-                    out.append(Change("t", found[1], None, None))
+                relation = relations.get(relation_id)
+                if relation is None:
+                    raise _no_relation(relation_id)
+                if relation.ref is not None:
+                    out.append(Change("t", relation.ref, None, None))
             return out
         return []  # Origin, Type, logical messages
 
@@ -837,6 +834,41 @@ class PostgresReader:
 _BEGIN_SNAPSHOT: Final = (
     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT %s"
 )
+
+
+def _no_relation(relation_id: int) -> ReaderError:
+    return ReaderError(
+        f"pgoutput sent a change of relation {relation_id} before its Relation message"
+    )
+
+
+def _row(
+    relation: _Relation, data: pgoutput.TupleData, only_key: bool, encoding: str
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A tuple's JSON-ready values by column name (only the replica identity's columns when
+    `only_key`), and the names of the unchanged TOASTed columns it did not send."""
+    if data.plain and not only_key:  # text and NULLs: the common case
+        texts = cast("tuple[str | None, ...]", data.values)
+        return {
+            name: convert(text) if text is not None else None
+            for name, convert, text in zip(relation.names, relation.converters, texts, strict=False)
+        }, ()
+    values: dict[str, Any] = {}
+    unchanged: list[str] = []
+    for name, convert, key, value in zip(
+        relation.names, relation.converters, relation.keys, data.values, strict=False
+    ):
+        if only_key and not key:
+            continue
+        if isinstance(value, str):
+            values[name] = convert(value)
+        elif value is None:
+            values[name] = None
+        elif isinstance(value, bytes):
+            values[name] = convert(value.decode(encoding, errors="replace"))
+        else:  # UNCHANGED
+            unchanged.append(name)
+    return values, tuple(unchanged)
 
 
 def _execute(conn: Connection, query: str | sql.Composable, params: Any = None) -> None:

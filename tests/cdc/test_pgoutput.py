@@ -1,10 +1,12 @@
 """The pgoutput decoder (hand-built protocol v1 messages) and the text-to-JSON value conversion."""
 
+import json
 import struct
 
 import pytest
 
-from bridge.cdc import pgoutput
+from bridge.cdc import pgoutput, postgres
+from bridge.cdc._model import TableRef
 from bridge.cdc.pgoutput import (
     UNCHANGED,
     Begin,
@@ -206,3 +208,148 @@ def test_commit_timestamp() -> None:
 def test_convert(oid: int, text: str | None, value: object) -> None:
     assert convert(oid, text) == value
     assert type(convert(oid, text)) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("oid", "text"),
+    [
+        (16, "t"),
+        (20, "-42"),
+        (701, "NaN"),
+        (701, "-Infinity"),
+        (700, "0.25"),
+        (3802, '{"a": 1}'),
+        (17, "\\x00ff10"),
+        (17, "\\xzz"),
+        (1114, "2024-01-31 12:00:00 BC"),
+        (1184, "2024-01-31 01:30:00+05:30"),
+        (1043, "text"),
+        (16500, "happy"),
+    ],
+)
+def test_converter_is_what_convert_applies(oid: int, text: str) -> None:
+    assert pgoutput.converter(oid)(text) == convert(oid, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"big": 123456789012345678901234567890}',
+        "-9223372036854775809",
+        "18446744073709551616",
+        "[9223372036854775807, -9223372036854775808, 18446744073709551615]",
+        '{"id": "1234567890123456789012"}',
+        "NaN",
+        '{"x": Infinity, "y": -Infinity}',
+        "1e400",
+        '"\\ud800"',
+        '"\\ud83d\\ude00"',
+        '{"a": 1, "a": 2}',
+        '{"f": 1.5, "g": 0.1, "n": null, "s": "é"}',
+    ],
+)
+@pytest.mark.parametrize("oid", [114, 3802])
+def test_json_is_what_the_standard_library_gives(oid: int, text: str) -> None:
+    value = convert(oid, text)
+    expected = json.loads(text)
+    assert repr(value) == repr(expected)  # repr: NaN != NaN, and 1 == 1.0
+    assert type(value) is type(expected)
+
+
+def test_invalid_json_raises_as_the_standard_library_does() -> None:
+    with pytest.raises(json.JSONDecodeError):
+        convert(3802, "{not json")
+
+
+def test_tuple_data_is_plain_only_with_text_and_nulls() -> None:
+    plain = decode(b"I" + struct.pack("!I", 5) + b"N" + tup("1", None))
+    assert isinstance(plain, Insert)
+    assert plain.new.plain
+    unchanged = decode(b"U" + struct.pack("!I", 5) + b"N" + tup("1", UNCHANGED))
+    assert isinstance(unchanged, Update)
+    assert not unchanged.new.plain
+    binary = decode(
+        b"I" + struct.pack("!I", 5) + b"N" + struct.pack("!h", 1) + b"b\x00\x00\x00\x00"
+    )
+    assert isinstance(binary, Insert)
+    assert not binary.new.plain
+    assert TupleData(("1", None)).plain
+    assert not TupleData(("1", UNCHANGED)).plain
+    assert not TupleData((b"\x01",)).plain
+
+
+def test_change_messages_compare_hash_and_print_by_fields() -> None:
+    insert = Insert(5, TupleData(("1",)))
+    assert insert == Insert(5, TupleData(("1",)))
+    assert insert != Insert(6, TupleData(("1",)))
+    assert insert != Delete(5, TupleData(("1",)), "K")
+    assert hash(insert) == hash(Insert(5, TupleData(("1",))))
+    assert repr(insert) == "Insert(relation_id=5, new=TupleData(values=('1',), plain=True))"
+    assert repr(Delete(9, TupleData((None,)), "K")) == (
+        "Delete(relation_id=9, old=TupleData(values=(None,), plain=True), old_kind='K')"
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"I\x00\x00",
+        b"I" + struct.pack("!I", 5) + b"N",
+        b"I" + struct.pack("!I", 5) + b"N" + struct.pack("!h", 2) + b"n",
+        b"I" + struct.pack("!I", 5) + b"N" + struct.pack("!h", 1) + b"t\x00\x00",
+        b"I" + struct.pack("!I", 5) + b"N" + struct.pack("!h", 1) + b"t\xff\xff\xff\xff",
+        b"I" + struct.pack("!I", 5) + b"N" + struct.pack("!h", 1) + b"b\x00\x00\x00\x05ab",
+        b"U" + struct.pack("!I", 5) + b"K" + tup("1"),
+        b"U" + struct.pack("!I", 5) + b"K" + tup("1") + b"X" + tup("2"),
+        b"U" + struct.pack("!I", 5) + b"X" + tup("1"),
+        b"C" + struct.pack("!BQ", 0, 1),
+        b"M" + struct.pack("!BQ", 1, 99) + s("p") + struct.pack("!I", 9) + b"abc",
+    ],
+)
+def test_truncated_or_malformed_changes(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(data)
+
+
+def test_decode_takes_any_bytes_like() -> None:
+    data = b"I" + struct.pack("!I", 5) + b"N" + tup("1", None)
+    assert decode(memoryview(data)) == decode(bytearray(data)) == Insert(5, TupleData(("1", None)))
+
+
+# --- rows (bridge/cdc/postgres.py): one converter per column, applied in one pass ---------------
+
+
+def _relation() -> postgres._Relation:
+    return postgres._Relation(
+        TableRef("db", "public", "t", ("id",)),
+        ("id", "temp", "ts", "doc", "note"),
+        tuple(pgoutput.converter(oid) for oid in (20, 701, 1114, 3802, 25)),
+        (True, False, False, False, False),
+    )
+
+
+def test_row_converts_each_column_by_its_type() -> None:
+    data = TupleData(("7", "NaN", "2024-01-31 12:00:00", '{"a": [1]}', None))
+    assert postgres._row(_relation(), data, False, "utf-8") == (
+        {"id": 7, "temp": "NaN", "ts": "2024-01-31T12:00:00", "doc": {"a": [1]}, "note": None},
+        (),
+    )
+
+
+def test_row_with_unchanged_binary_and_key_only() -> None:
+    data = TupleData(("7", b"1.5", UNCHANGED, None, "x"))
+    assert postgres._row(_relation(), data, False, "utf-8") == (
+        {"id": 7, "temp": 1.5, "doc": None, "note": "x"},
+        ("ts",),
+    )
+    key = TupleData(("7", None, None, None, None))
+    assert postgres._row(_relation(), key, True, "utf-8") == ({"id": 7}, ())
+
+
+def test_an_ascii_message_in_an_encoding_that_is_not_an_ascii_superset() -> None:
+    data = b"I" + struct.pack("!I", 5) + b"N" + struct.pack("!h", 1) + b"t\x00\x00\x00\x02\x81\x82"
+    assert decode(data, "cp037") == Insert(5, TupleData(("ab",)))  # EBCDIC
+    assert decode(data, "utf-8") == Insert(5, TupleData(("\ufffd\ufffd",)))
+    ascii_only = b"I" + struct.pack("!I", 5) + b"N" + tup("abc", None, "1")
+    assert decode(ascii_only, "cp037") != decode(ascii_only, "utf-8")
+    assert decode(ascii_only, "latin-1") == Insert(5, TupleData(("abc", None, "1")))
