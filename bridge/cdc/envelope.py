@@ -57,15 +57,22 @@ def _exact(values: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 def partition_key(change: Change) -> str:
     table = change.table
-    if not table.key or change.op == "t":
+    key = table.key
+    if not key or change.op == "t":
         return table.qualified
     row = change.after if change.after is not None else change.before
     if row is None:
         return table.qualified
-    return table.qualified + "/" + "/".join(_key_text(row.get(column)) for column in table.key)
+    if len(key) == 1:
+        return table.qualified + "/" + _key_text(row.get(key[0]))
+    return table.qualified + "/" + "/".join(_key_text(row.get(column)) for column in key)
 
 
 def _key_text(value: object) -> str:
+    if type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)
     if value is None:
         return ""
     if isinstance(value, str):
