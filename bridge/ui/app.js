@@ -6,11 +6,10 @@
 //   GET /rules          the rules; POST, PUT and DELETE /rules/{id} change them
 //   POST /rules/test    the dry run
 //   GET /dead-letters   the latest records of the dead-letter stream
+//   GET /sources        the database (CDC) sources and their status
+//   GET /cluster        the replicas: alive or not, configuration version, what each runs
 // With --api-token the first call that gets a 401 asks for the token; it is kept in
 // sessionStorage (this tab only) and sent as "Authorization: Bearer", never in a URL.
-//
-// Not here yet: sources other than MQTT and a cluster view. The API has neither
-// (bridge/api/protocol.py); when it does, they get a section of their own.
 //
 // No framework and no build step. Text from the bridge is always set with textContent,
 // never parsed as HTML.
@@ -500,6 +499,52 @@ async function refreshDeadLetters() {
   $("#dead-letters-empty").hidden = records.length > 0;
 }
 
+// --- database sources and replicas -----------------------------------------------------------
+
+const STATE_CLASS = { streaming: "good", snapshot: "good", standby: "muted", starting: "muted", disabled: "muted", error: "bad" };
+
+function sourceRow(source) {
+  const status = source.status || {};
+  const state = status.state || "unknown";
+  const changes = Object.values(status.changes || {}).reduce((sum, n) => sum + n, 0);
+  const lag = [];
+  if (status.lag_bytes !== null && status.lag_bytes !== undefined) lag.push(formatBytes(status.lag_bytes));
+  if (status.lag_seconds !== null && status.lag_seconds !== undefined) lag.push(formatSeconds(status.lag_seconds));
+  return el("tr", { "data-source-id": source.id },
+    el("td", { "data-label": "Source" }, el("strong", { text: source.id }), " ",
+      el("span", { class: "total", text: `${source.kind} → ${source.stream}` })),
+    el("td", { "data-label": "Tables" }, el("code", { text: (source.tables || []).join(", ") })),
+    el("td", { "data-label": "State" }, el("span", { class: `badge ${STATE_CLASS[state] || "muted"}`, text: state })),
+    el("td", { class: "num", "data-label": "Changes" }, integer.format(changes)),
+    el("td", { class: "num", "data-label": "Lag" }, lag.join(", ") || "–"),
+    el("td", { "data-label": "Problem" },
+      status.last_error ? el("span", { class: "source-error", text: status.last_error }) : null,
+      status.setting ? el("span", { class: "total", text: `change: ${status.setting}` }) : null,
+      ...(status.notes || []).map((note) => el("span", { class: "total", text: note }))));
+}
+
+function memberRow(member) {
+  const status = member.status || "unknown";
+  const ready = member.ready === true ? "ready" : member.ready === false ? "not ready" : "–";
+  return el("tr", { "data-replica-id": member.id },
+    el("td", { "data-label": "Replica" }, el("strong", { text: member.id }),
+      member.api ? el("span", { class: "total", text: member.api }) : null),
+    el("td", { "data-label": "Status" }, el("span", { class: `badge ${status === "alive" ? "good" : "bad"}`, text: status })),
+    el("td", { class: "num", "data-label": "Config version" }, member.version === undefined || member.version === null ? "–" : String(member.version)),
+    el("td", { "data-label": "Ready" }, member.paused ? `${ready}, paused` : ready),
+    el("td", { "data-label": "Runs" }, el("code", { text: (member.sources || []).join(", ") || "–" })));
+}
+
+async function refreshSources() {
+  const [sources, cluster] = await Promise.all([api("GET", "/sources"), api("GET", "/cluster")]);
+  if (sources.ok) {
+    $("#sources-table tbody").replaceChildren(...sources.data.map(sourceRow));
+    $("#sources-table").parentElement.hidden = sources.data.length === 0;
+    $("#sources-empty").hidden = sources.data.length > 0;
+  }
+  if (cluster.ok) $("#cluster-table tbody").replaceChildren(...cluster.data.members.map(memberRow));
+}
+
 // --- refresh loop ----------------------------------------------------------------------------
 
 async function refresh() {
@@ -547,6 +592,7 @@ function start() {
   });
   every(REFRESH_SECONDS, refresh);
   every(DEAD_LETTER_SECONDS, () => refreshDeadLetters().catch(() => {}));
+  every(REFRESH_SECONDS, () => refreshSources().catch(() => {}));
 }
 
 start();

@@ -242,3 +242,38 @@ def test_with_a_disk_buffer_its_use_and_backlog_show(
         assert "backlog 0 records" in disk.text
         assert disk.get_attribute("data-state") == "info"
         assert page_problems(browser) == []
+
+
+def test_the_console_shows_a_source_that_cannot_connect_and_this_replica(
+    console_bridge: BridgeThread, browser: Chrome
+) -> None:
+    url = console_bridge.api_url
+    # A real source whose database does not answer (nothing listens on port 1): its status is
+    # the reader's own error, shown as the bridge reports it.
+    body = {
+        "id": "shop",
+        "kind": "postgres",
+        "dsn": "postgresql://cdc:hunter2@127.0.0.1:1/shop",
+        "tables": ["public.orders"],
+    }
+    assert httpx.post(f"{url}/sources", json=body, timeout=10).status_code == 201
+    browser.get(f"{url}/ui")
+
+    def source_row(driver: Chrome) -> WebElement | None:
+        rows = driver.find_elements(By.CSS_SELECTOR, "#sources-table tr[data-source-id='shop']")
+        return rows[0] if rows and "error" in rows[0].text else None
+
+    row = wait_for(browser, source_row, "the source's row in its error state")
+    assert "public.orders" in row.text
+    assert "postgres" in row.text
+    assert "127.0.0.1:1" in row.text  # the reader names the database it cannot reach
+    assert "hunter2" not in browser.page_source
+    assert not browser.find_element(By.ID, "sources-empty").is_displayed()
+    replicas = wait_for(
+        browser,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#cluster-table tbody tr"),
+        "this replica in the replicas table",
+    )
+    assert len(replicas) == 1
+    assert "alive" in replicas[0].text
+    assert page_problems(browser) == []
