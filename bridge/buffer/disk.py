@@ -21,6 +21,7 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -86,6 +87,10 @@ class DiskBuffer:
         self._pending_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._ledger_task: asyncio.Task[None] | None = None
+        # Ledger writes run in threads; a cancelled one still finishes, so writes are
+        # serialised and never move the ledger back.
+        self._ledger_lock = threading.Lock()
+        self._ledger_written = 0
         self._durable = asyncio.Event()
         self._times: deque[tuple[int, int]] = deque()  # (last seq of a write, its time in ms)
         self._cursor: tuple[Path | None, int, int] = (None, 0, 0)  # where the last read ended
@@ -180,7 +185,7 @@ class DiskBuffer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ledger_task
         if self._forwarded_to > self.committed_seq:
-            await asyncio.to_thread(log.write_ledger, self.directory, self._forwarded_to)
+            await asyncio.to_thread(self._write_ledger, self._forwarded_to)
             self.committed_seq = self._forwarded_to
         if self._fd is not None:
             os.close(self._fd)
@@ -389,6 +394,14 @@ class DiskBuffer:
                 self._commit(), name="disk-buffer-ledger"
             )
 
+    def _write_ledger(self, seq: int) -> None:
+        """Write the ledger (in a thread), one write at a time, never below what was written."""
+        with self._ledger_lock:
+            if seq <= self._ledger_written:
+                return
+            log.write_ledger(self.directory, seq)
+            self._ledger_written = seq
+
     async def _commit(self) -> None:
         """Delete forwarded segments and write the ledger (at most every `ledger_interval`).
 
@@ -408,7 +421,7 @@ class DiskBuffer:
                 self._times.popleft()
             await self._delete_forwarded(seq)
             try:
-                await asyncio.to_thread(log.write_ledger, self.directory, seq)
+                await asyncio.to_thread(self._write_ledger, seq)
             except OSError as exc:
                 logger.warning("disk buffer: writing the ledger failed (%s); retrying", exc)
                 attempt += 1

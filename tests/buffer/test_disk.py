@@ -210,3 +210,18 @@ async def test_a_forwarder_that_fell_behind_the_memory_tail_reads_on_from_disk(
     # Far into the segment with no cursor: it must scan on, window by window, not stop.
     assert await read_all(buffer, after=300) == list(range(300, 1300))
     await buffer.aclose()
+
+
+async def test_ledger_writes_in_threads_at_once_neither_fail_nor_move_it_back(
+    tmp_path: Path,
+) -> None:
+    # A ledger write runs in a thread, and one whose task was cancelled (at close) still
+    # finishes: close's own write used to race it on the same temp file (FileNotFoundError).
+    buffer = DiskBuffer(tmp_path, limit_bytes=1 << 20)
+    await buffer.open()
+    seqs = list(range(1, 201))
+    await asyncio.gather(*(asyncio.to_thread(buffer._write_ledger, seq) for seq in seqs))
+    assert buffer_log.read_ledger(tmp_path) == 200
+    buffer._write_ledger(5)  # an older write landing late changes nothing
+    assert buffer_log.read_ledger(tmp_path) == 200
+    await buffer.aclose()
