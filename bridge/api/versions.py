@@ -52,15 +52,13 @@ def set_etag(response: Response, version: int) -> None:
     response.headers["ETag"] = f'"{version}"'
 
 
-def config_error(exc: Exception) -> HTTPException | None:
-    """The HTTP error for a config stream failure, None for other exceptions."""
+def config_error(exc: ConfigConflict | PreconditionFailed | HStreamError) -> HTTPException:
+    """The HTTP error for a change the config stream did not take."""
     if isinstance(exc, ConfigConflict):
         return HTTPException(status.HTTP_409_CONFLICT, f"not changed: {exc}")
     if isinstance(exc, PreconditionFailed):
         return HTTPException(status.HTTP_412_PRECONDITION_FAILED, f"not changed: {exc}")
-    if isinstance(exc, HStreamError):
-        return HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"not changed: the configuration stream did not take it ({exc})",
-        )
-    return None
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"not changed: the configuration stream did not take it ({exc})",
+    )

@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from tests.support.mariadb import MariadbServer
 from tests.support.postgres import PostgresServer
@@ -33,6 +33,16 @@ class Database(Protocol):
         ...
 
 
+def _each(conn: Any, statements: Iterable[str]) -> None:
+    """Run statements one by one on an autocommit connection (PyMySQL or psycopg2), then close."""
+    try:
+        with conn.cursor() as cursor:
+            for sql in statements:
+                cursor.execute(sql)
+    finally:
+        conn.close()
+
+
 class MariaDatabase:
     kind = "mysql"
 
@@ -50,13 +60,7 @@ class MariaDatabase:
         self.server.execute(sql, self.db)
 
     def execute_each(self, statements: Iterable[str]) -> None:
-        conn = self.server.connect(self.db)
-        try:
-            with conn.cursor() as cursor:
-                for sql in statements:
-                    cursor.execute(sql)
-        finally:
-            conn.close()
+        _each(self.server.connect(self.db), statements)
 
     def restart(self) -> None:
         self.server.restart()
@@ -81,13 +85,7 @@ class PostgresDatabase:
         self.server.execute(sql, db=self.db)
 
     def execute_each(self, statements: Iterable[str]) -> None:
-        conn = self.server.connect(self.db)
-        try:
-            with conn.cursor() as cursor:
-                for sql in statements:
-                    cursor.execute(sql)
-        finally:
-            conn.close()
+        _each(self.server.connect(self.db), statements)
 
     def restart(self) -> None:
         self.server.restart()

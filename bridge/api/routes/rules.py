@@ -12,7 +12,6 @@ import logging
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, HTTPException, Path, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from bridge.api.deps import BridgeDep
@@ -24,6 +23,7 @@ from bridge.api.models import (
     rule_replacement_schema,
 )
 from bridge.api.protocol import RuleConflict, RuleMissing
+from bridge.api.routes._shared import UNDECODABLE, body_invalid, id_mismatch, invalid
 from bridge.api.versions import RESPONSES as VERSION_RESPONSES
 from bridge.api.versions import IfMatch, config_error, parse_if_match, set_etag
 from bridge.config import ConfigConflict, PreconditionFailed
@@ -46,12 +46,6 @@ router = APIRouter(
     },
 )
 
-_UNDECODABLE: Final[dict[int | str, dict[str, Any]]] = {
-    status.HTTP_400_BAD_REQUEST: {
-        "model": ErrorMessage,
-        "description": "The body is not text in a JSON encoding (malformed JSON text is 422)",
-    }
-}
 _NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
     status.HTTP_404_NOT_FOUND: {
         "model": ErrorMessage,
@@ -124,16 +118,6 @@ def _not_saved(exc: OSError) -> HTTPException:
     )
 
 
-def _versioned(exc: Exception) -> HTTPException:
-    error = config_error(exc)
-    assert error is not None
-    return error
-
-
-def _invalid(errors: list[dict[str, Any]], body: object) -> RequestValidationError:
-    return RequestValidationError(errors, body=body)
-
-
 @router.get("", summary="List the rules", response_model=list[Rule])
 async def list_rules(bridge: BridgeDep, response: Response) -> list[Rule]:
     """All rules, disabled ones included, in the order matches are reported in. The `ETag` is
@@ -155,7 +139,7 @@ async def list_rules(bridge: BridgeDep, response: Response) -> list[Rule]:
         **_NOT_SAVED,
         **VERSION_RESPONSES,
         **_CONFLICT,
-        **_UNDECODABLE,
+        **UNDECODABLE,
     },
 )
 async def create_rule(
@@ -178,7 +162,7 @@ async def create_rule(
     except OSError as exc:
         raise _not_saved(exc) from None
     except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
-        raise _versioned(exc) from None
+        raise config_error(exc) from None
     response.headers["Location"] = str(request.app.url_path_for("get_rule", rule_id=rule.id))
     set_etag(response, bridge.config_version)
     return rule
@@ -188,7 +172,7 @@ async def create_rule(
     "/test",
     summary="Dry-run a message against the rules",
     response_model=DryRunResult,
-    responses=_UNDECODABLE,
+    responses=UNDECODABLE,
 )
 async def test_rules(message: DryRunRequest, bridge: BridgeDep) -> DryRunResult:
     """Route a message as if it had arrived over MQTT and show the records it would make.
@@ -211,7 +195,7 @@ async def test_rules(message: DryRunRequest, bridge: BridgeDep) -> DryRunResult:
     except (ValueError, ArithmeticError, RecursionError) as exc:
         # The router dead-letters what it knows is unstorable; anything else it trips over
         # (a JSON number too large for a double, nesting too deep) is the payload's fault.
-        raise _invalid(
+        raise invalid(
             [
                 {
                     "type": "payload_unroutable",
@@ -243,7 +227,7 @@ async def get_rule(rule_id: RuleId, bridge: BridgeDep, response: Response) -> Ru
     "/{rule_id}",
     summary="Replace a rule",
     response_model=Rule,
-    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES, **_UNDECODABLE},
+    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES, **UNDECODABLE},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -271,26 +255,13 @@ async def replace_rule(
     """
     given = body.get("id", rule_id)
     if given != rule_id:
-        raise _invalid(
-            [
-                {
-                    "type": "id_mismatch",
-                    "loc": ("body", "id"),
-                    "msg": f"id {given!r} does not match the id in the path {rule_id!r}",
-                    "input": given,
-                }
-            ],
-            body,
-        )
+        raise id_mismatch(given, rule_id, body)
     if bridge.get_rule(rule_id) is None:
         raise _missing(rule_id)
     try:
         rule = Rule.model_validate({**body, "id": rule_id})
     except ValidationError as exc:
-        errors = [
-            {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
-        ]
-        raise _invalid(errors, body) from None
+        raise body_invalid(exc, body) from None
     try:
         await bridge.replace_rule(rule_id, rule, parse_if_match(if_match))
     except RuleMissing:
@@ -302,7 +273,7 @@ async def replace_rule(
     except OSError as exc:
         raise _not_saved(exc) from None
     except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
-        raise _versioned(exc) from None
+        raise config_error(exc) from None
     set_etag(response, bridge.config_version)
     return rule
 
@@ -325,7 +296,7 @@ async def delete_rule(rule_id: RuleId, bridge: BridgeDep, if_match: IfMatch = No
     except OSError as exc:
         raise _not_saved(exc) from None
     except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
-        raise _versioned(exc) from None
+        raise config_error(exc) from None
     done = Response(status_code=status.HTTP_204_NO_CONTENT)
     set_etag(done, bridge.config_version)
     return done

@@ -11,12 +11,12 @@ the DSN comes back with `****`; a PUT that sends `****` back keeps the stored pa
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, HTTPException, Path, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.api.deps import BridgeDep
 from bridge.api.models import ErrorMessage
 from bridge.api.protocol import SourceConflict, SourceMissing
+from bridge.api.routes._shared import UNDECODABLE, body_invalid, id_mismatch
 from bridge.api.versions import RESPONSES as VERSION_RESPONSES
 from bridge.api.versions import IfMatch, config_error, parse_if_match, set_etag
 from bridge.cdc.config import MASK, Source, mask_dsn
@@ -37,12 +37,6 @@ SOURCE_EXAMPLE: Final[dict[str, Any]] = {
     "enabled": True,
 }
 
-_UNDECODABLE: Final[dict[int | str, dict[str, Any]]] = {
-    status.HTTP_400_BAD_REQUEST: {
-        "model": ErrorMessage,
-        "description": "The body is not text in a JSON encoding (malformed JSON text is 422)",
-    }
-}
 _NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
     status.HTTP_404_NOT_FOUND: {"model": ErrorMessage, "description": "No source has that id"}
 }
@@ -98,16 +92,6 @@ def _not_saved(exc: OSError) -> HTTPException:
     )
 
 
-def _versioned(exc: Exception) -> HTTPException:
-    error = config_error(exc)
-    assert error is not None
-    return error
-
-
-def _invalid(errors: list[dict[str, Any]], body: object) -> RequestValidationError:
-    return RequestValidationError(errors, body=body)
-
-
 @router.get("", summary="List the CDC sources", response_model=list[SourceView])
 async def list_sources(bridge: BridgeDep, response: Response) -> list[SourceView]:
     """Every source with its status; the `ETag` is the configuration version."""
@@ -120,7 +104,7 @@ async def list_sources(bridge: BridgeDep, response: Response) -> list[SourceView
     summary="Create a CDC source",
     status_code=status.HTTP_201_CREATED,
     response_model=SourceView,
-    responses={**_NOT_SAVED, **VERSION_RESPONSES, **_CONFLICT, **_UNDECODABLE},
+    responses={**_NOT_SAVED, **VERSION_RESPONSES, **_CONFLICT, **UNDECODABLE},
 )
 async def create_source(
     source: Annotated[Source, Body(openapi_examples={"shop": {"value": SOURCE_EXAMPLE}})],
@@ -140,7 +124,7 @@ async def create_source(
     except OSError as exc:
         raise _not_saved(exc) from None
     except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
-        raise _versioned(exc) from None
+        raise config_error(exc) from None
     set_etag(response, bridge.config_version)
     response.headers["Location"] = str(request.app.url_path_for("get_source", source_id=source.id))
     return _view(source, dict(bridge.source_status(source.id)))
@@ -159,7 +143,7 @@ async def get_source(source_id: SourceId, bridge: BridgeDep, response: Response)
     "/{source_id}",
     summary="Replace a CDC source",
     response_model=SourceView,
-    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES, **_UNDECODABLE},
+    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES, **UNDECODABLE},
 )
 async def replace_source(
     source_id: SourceId,
@@ -173,17 +157,7 @@ async def replace_source(
     password, so what GET returned can be sent back."""
     given = body.get("id", source_id)
     if given != source_id:
-        raise _invalid(
-            [
-                {
-                    "type": "id_mismatch",
-                    "loc": ("body", "id"),
-                    "msg": f"id {given!r} does not match the id in the path {source_id!r}",
-                    "input": given,
-                }
-            ],
-            body,
-        )
+        raise id_mismatch(given, source_id, body)
     old = bridge.get_source(source_id)
     if old is None:
         raise _missing(source_id)
@@ -194,10 +168,7 @@ async def replace_source(
     try:
         source = Source.model_validate(data)
     except ValidationError as exc:
-        errors = [
-            {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
-        ]
-        raise _invalid(errors, None) from None
+        raise body_invalid(exc, None) from None
     try:
         await bridge.replace_source(source_id, source, parse_if_match(if_match))
     except SourceMissing:
@@ -205,7 +176,7 @@ async def replace_source(
     except OSError as exc:
         raise _not_saved(exc) from None
     except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
-        raise _versioned(exc) from None
+        raise config_error(exc) from None
     set_etag(response, bridge.config_version)
     return _view(source, dict(bridge.source_status(source_id)))
 
@@ -230,7 +201,7 @@ async def delete_source(
     except OSError as exc:
         raise _not_saved(exc) from None
     except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
-        raise _versioned(exc) from None
+        raise config_error(exc) from None
     done = Response(status_code=status.HTTP_204_NO_CONTENT)
     set_etag(done, bridge.config_version)
     return done
