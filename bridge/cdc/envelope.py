@@ -139,7 +139,8 @@ class _Table:
 
     def __init__(self, source: Source, txn: Transaction, table: TableRef) -> None:
         self.block = source_block(source, txn, table)
-        self.headers: dict[str, bytes] = {}  # by op: the header without its key
+        # By op: the record attributes and the header encoded from them, without its key.
+        self.headers: dict[str, tuple[dict[str, str], bytes]] = {}
         self.stream: str | None = None
         self.error: str | None = None
         captures = {
@@ -175,15 +176,19 @@ def outputs(
         shared = tables.get(table)
         if shared is None:
             shared = tables[table] = _Table(source, txn, table)
-        prefix = shared.headers.get(change.op)
-        attributes = {
-            ATTR_SOURCE: source.id,
-            ATTR_OP: change.op,
-            ATTR_TABLE: table.qualified,
-            ATTR_POSITION: position,
-        }
-        if prefix is None:
-            prefix = shared.headers[change.op] = encode_header(FLAG_JSON, "", attributes)
+        header = shared.headers.get(change.op)
+        if header is None:
+            attributes = {
+                ATTR_SOURCE: source.id,
+                ATTR_OP: change.op,
+                ATTR_TABLE: table.qualified,
+                ATTR_POSITION: position,
+            }
+            header = shared.headers[change.op] = (
+                attributes,
+                encode_header(FLAG_JSON, "", attributes),
+            )
+        attributes, prefix = header
         value = envelope(source, change, now_ms, shared.block)
         if shared.stream is None:
             made.append(
