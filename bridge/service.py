@@ -113,11 +113,7 @@ class _CdcPipeline:
         await self._bridge.room.wait()
 
     def accept(self, outputs: list[Output], received_at: float) -> Awaitable[None]:
-        bridge = self._bridge
-        for out in outputs:
-            if out.reason is not None:
-                bridge.metrics.observe_dead_letter(out.rule_id, out.reason)
-        stored = bridge.accept(outputs, received_at, held=0)
+        stored = self._bridge.accept(outputs, received_at, held=0)
         assert stored is not None  # tracked
         return stored
 
@@ -660,9 +656,6 @@ class Bridge:
             self.metrics.observe_dropped("qos0_overflow", records=len(routes))
             return None
         outputs = router.outputs(message, routes)
-        for out in outputs:
-            if out.reason is not None:
-                self.metrics.observe_dead_letter(out.rule_id, out.reason)
         if not message.qos:
             self.accept(outputs, message.received_at, held=0, tracked=False)
             return None
@@ -673,11 +666,14 @@ class Bridge:
     def accept(
         self, outputs: list[Output], received_at: float, *, held: int, tracked: bool = True
     ) -> "asyncio.Future[None] | None":
-        """Records into the pipeline, in order (to disk first with a disk buffer); the future
-        resolves once every one is stored or dead-lettered (with a disk buffer: durable).
-        `held` is what the source keeps in memory until then, charged to the first record.
-        Untracked records (QoS 0) get no future in memory mode."""
+        """Records into the pipeline, in order (to disk first with a disk buffer), dead letters
+        counted; the future resolves once every one is stored or dead-lettered (with a disk
+        buffer: durable). `held` is what the source keeps in memory until then, charged to the
+        first record. Untracked records (QoS 0) get no future in memory mode."""
         assert self._loop is not None
+        for out in outputs:
+            if out.reason is not None:
+                self.metrics.observe_dead_letter(out.rule_id, out.reason)
         if self.disk is not None:
             return self.disk.add(outputs)
         accumulator = self.accumulator
