@@ -751,42 +751,34 @@ class PostgresReader:
         self, message: pgoutput.Message, relations: Mapping[int, _Relation]
     ) -> list[Change]:
         if isinstance(message, pgoutput.Insert):
-            relation = relations.get(message.relation_id)
-            if relation is None:
-                raise _no_relation(message.relation_id)
-            if relation.ref is None:
+            ref, relation = _captured(relations, message.relation_id)
+            if ref is None:
                 return []
             after, unchanged = _row(relation, message.new, False, self._encoding)
-            return [Change("c", relation.ref, None, after, unchanged)]
+            return [Change("c", ref, None, after, unchanged)]
         if isinstance(message, pgoutput.Update):
-            relation = relations.get(message.relation_id)
-            if relation is None:
-                raise _no_relation(message.relation_id)
-            if relation.ref is None:
+            ref, relation = _captured(relations, message.relation_id)
+            if ref is None:
                 return []
             before = None
             if message.old is not None:
                 only_key = message.old_kind == "K"
                 before, _ = _row(relation, message.old, only_key, self._encoding)
             after, unchanged = _row(relation, message.new, False, self._encoding)
-            return [Change("u", relation.ref, before, after, unchanged)]
+            return [Change("u", ref, before, after, unchanged)]
         if isinstance(message, pgoutput.Delete):
-            relation = relations.get(message.relation_id)
-            if relation is None:
-                raise _no_relation(message.relation_id)
-            if relation.ref is None:
+            ref, relation = _captured(relations, message.relation_id)
+            if ref is None:
                 return []
             only_key = message.old_kind == "K"
             before, _ = _row(relation, message.old, only_key, self._encoding)
-            return [Change("d", relation.ref, before, None)]
+            return [Change("d", ref, before, None)]
         if isinstance(message, pgoutput.Truncate):
             out = []
             for relation_id in message.relation_ids:
-                relation = relations.get(relation_id)
-                if relation is None:
-                    raise _no_relation(relation_id)
-                if relation.ref is not None:
-                    out.append(Change("t", relation.ref, None, None))
+                ref, _ = _captured(relations, relation_id)
+                if ref is not None:
+                    out.append(Change("t", ref, None, None))
             return out
         return []  # Origin, Type, logical messages
 
@@ -834,6 +826,17 @@ class PostgresReader:
 _BEGIN_SNAPSHOT: Final = (
     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT %s"
 )
+
+
+def _captured(
+    relations: Mapping[int, _Relation], relation_id: int
+) -> tuple[TableRef | None, _Relation]:
+    """The relation a change names and its captured table (None: not captured, skip it);
+    ReaderError when no Relation message announced it."""
+    relation = relations.get(relation_id)
+    if relation is None:
+        raise _no_relation(relation_id)
+    return relation.ref, relation
 
 
 def _no_relation(relation_id: int) -> ReaderError:
