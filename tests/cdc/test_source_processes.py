@@ -11,11 +11,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
+
+from bridge.cdc.config import Source
 from tests.cdc.databases import Database, toml_sources
 from tests.cdc.helpers import changes, first_seen, source_body, stream_of, wait_changes, wait_state
+from tests.faults.ledger import RESULTS, Ledger
 from tests.support.bridge import BridgeProcess, read_stream, wait_until
+from tests.support.grpc_faults import FaultProxy
 from tests.support.mosquitto import Mosquitto
-from tests.support.store import StoreProcess, subprocess_store
+from tests.support.store import subprocess_store
 
 KEYS = 10
 WRITES = 1500
@@ -40,11 +46,55 @@ async def _all_values(url: str, stream: str) -> list[dict[str, Any]]:
     return found
 
 
+def _order(change: dict[str, Any]) -> int:
+    """Where a change's transaction stands in commit order: its LSN, or its GTID's sequence."""
+    source = change["source"]
+    return int(source["lsn"]) if "lsn" in source else int(str(source["gtid"]).split("-")[-1])
+
+
+def _position_order(position: dict[str, Any] | None) -> int:
+    if not position:
+        return -1
+    if "lsn" in position:
+        return int(position["lsn"])
+    return int(str(position["gtid"]).split(",")[-1].split("-")[-1])
+
+
+def _updated(change: dict[str, Any]) -> bool:
+    return bool(change["op"] == "u")
+
+
+def _value(change: dict[str, Any]) -> int:
+    return int(change["after"]["n"])
+
+
+async def _committed(url: str, positions: str) -> int:
+    """The committed position as stored in the source's positions stream, in commit order."""
+    records = await read_stream(url, positions)
+    if not records:
+        return -1
+    payload = records[-1].payload
+    data = orjson.loads(payload) if isinstance(payload, bytes) else payload
+    return _position_order(data.get("position"))
+
+
+def _transactions(bridge: BridgeProcess) -> int:
+    """Transactions with changes the replica's source has handed to its pipeline."""
+    response = httpx.get(f"{bridge.api_url}/sources", timeout=5)
+    return int(response.json()[0]["status"]["transactions"])
+
+
+def _done_committing(bridge: BridgeProcess) -> bool:
+    response = httpx.get(f"{bridge.api_url}/sources", timeout=5)
+    status = response.json()[0]["status"]
+    return bool(status["pending_transactions"] == 0)
+
+
 async def _bridge(
-    tmp: Path, name: str, store: StoreProcess, broker: Mosquitto, config: Path
+    tmp: Path, name: str, hstream_url: str, broker: Mosquitto, config: Path
 ) -> BridgeProcess:
     args = [
-        "--hstream-url", store.url, "--mqtt-url", broker.url, "--client-id", name,
+        "--hstream-url", hstream_url, "--mqtt-url", broker.url, "--client-id", name,
         "--config", str(config), "--retry-backoff-min", "0.05", "--retry-backoff-max", "0.5",
     ]  # fmt: skip
     process = BridgeProcess(tmp / name, args)
@@ -63,29 +113,64 @@ async def test_kill_9_of_the_running_replica_the_standby_takes_over_with_no_lost
     config = tmp_path / "bridge.toml"
     config.write_text(toml_sources([source_body(source_id, database.kind, dsn, [table])]))
     stream = stream_of(source_id, "items")
-    async with subprocess_store(tmp_path / "store") as store:
-        first = await _bridge(tmp_path, "first", store, shared_mosquitto, config)
+    positions = Source.model_validate(
+        source_body(source_id, database.kind, dsn, [table])
+    ).positions_stream
+    async with (
+        subprocess_store(tmp_path / "store") as store,
+        FaultProxy(store.url) as proxy,
+    ):
+        first = await _bridge(tmp_path, "first", proxy.url, shared_mosquitto, config)
         second: BridgeProcess | None = None
         try:
             await wait_state(first.api_url, source_id, "streaming")
-            second = await _bridge(tmp_path, "second", store, shared_mosquitto, config)
+            second = await _bridge(tmp_path, "second", proxy.url, shared_mosquitto, config)
             await wait_state(second.api_url, source_id, "standby")
             await asyncio.to_thread(_write, database, 0, WRITES // 2)
+            await wait_changes(store.url, stream, KEYS + WRITES // 2)
+            # Appends of the changes held before the store, positions not: the first replica
+            # reads on, its records stay in flight, and it must commit none of them.
+            delivered = _transactions(first)
+            proxy.hold("Append", stream=stream, before=True)
             writer = asyncio.create_task(asyncio.to_thread(_write, database, WRITES // 2, WRITES))
-            await wait_changes(store.url, stream, KEYS + WRITES // 2 + 50)
+            await wait_until(
+                lambda: _transactions(first) >= delivered + 50, 20, "changes read while held"
+            )
             first.kill()
             killed = time.monotonic()
+            # The promise at the instant of the kill: every change up to the committed position
+            # (its "acknowledgement") is stored.
+            at_kill = await _committed(store.url, positions)
+            stored_at_kill = changes(await read_stream(store.url, stream))
+            proxy.clear()  # the standby's appends go through
             await wait_state(second.api_url, source_id, "streaming", timeout=15.0)
             takeover = time.monotonic() - killed
             print(f"\nstandby took over {takeover:.2f} s after kill -9")
             assert takeover < 10.0
             await writer
             found = await _all_values(store.url, stream)
+            await wait_until(
+                lambda: _done_committing(second), 20, "the standby to commit every change"
+            )
+            at_end = await _committed(store.url, positions)
         finally:
             if first.process is not None and first.process.poll() is None:
                 first.kill()
             if second is not None:
                 second.kill()
+    kind = database.kind
+    for scenario, committed, stored in (
+        (f"CDC {kind}, kill -9 of the running replica: at the kill", at_kill, stored_at_kill),
+        (f"CDC {kind}, kill -9, the standby took over", at_end, found),
+    ):
+        ledger = Ledger(
+            scenario,
+            WRITES,
+            acked=[_value(c) for c in found if _updated(c) and _order(c) <= committed],
+            stored=[_value(c) for c in stored if _updated(c)],
+        )
+        RESULTS.append(ledger.check())
+    assert len(set(RESULTS[-1].acked)) == WRITES  # everything committed in the end
     by_key: dict[int, list[int]] = {}
     for change in found:
         row = change["after"]
