@@ -242,6 +242,10 @@ class DropWatch:
     def _on_message(self, client: object, userdata: object, message: paho.MQTTMessage) -> None:
         self._value = int(message.payload)
 
+    def latest(self) -> int | None:
+        """The last value the broker published, without waiting for a pending one."""
+        return self._value
+
     def count(self, listen: float = SYS_LISTEN) -> int:
         """Blocking: call through asyncio.to_thread from async code."""
         time.sleep(listen)
