@@ -7,8 +7,15 @@ own are taken over here, through its (private, stable since 0.6) handler hooks:
 - Acknowledgement. gmqtt acks before `on_message` unless that is a coroutine function under
   MQTT 5 with `optimistic_acknowledgement=False`, and then it runs every message in its own task.
   We replace its QoS 1/2 publish handlers, so each message is handed over synchronously, in
-  socket order, with its packet id; PUBACK/PUBREC are written when `ack()` says so, coalesced
-  into one socket write per event-loop iteration.
+  socket order, with a ticket; PUBACK/PUBREC are written when `ack(ticket)` says so, in the
+  order the PUBLISHes came (MQTT 3.1.1 and 5, section 4.6: a client MUST acknowledge QoS 1 and
+  2 messages in the order received), coalesced into one socket write per event-loop iteration.
+  A message stored early waits for the ones before it. The order is also what keeps an ack
+  honest when a broker reuses a packet id still in flight: Mosquitto 2.0.11 sends past the
+  Receive Maximum once messages queue (its issue #2301) and, past 65,535 in flight, gives a new
+  message the id of one not yet acknowledged, with DUP clear; on a PUBACK it drops its oldest
+  message with that id. Such a PUBLISH is a new message here (only one with DUP set is a
+  re-send), and the in-order PUBACK for an id always belongs to its oldest message.
 - Reconnecting. gmqtt reconnects after a fixed delay and does not resubscribe. A Link never
   reconnects (its reconnect hook does nothing); it reports the loss once and MqttSource builds a
   new Link with backoff, then resubscribes.
@@ -25,6 +32,7 @@ import logging
 import math
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,7 +60,20 @@ _PUBACK = b"\x40\x02"
 _PUBREC = b"\x50\x02"
 
 PublishCallback = Callable[["Link", int | None, int, str, bytes, Mapping[str, Any]], None]
-"""(link, packet id or None for QoS 0, qos, topic, payload, MQTT 5 properties incl. retain)."""
+"""(link, ticket or None for QoS 0, qos, topic, payload, MQTT 5 properties incl. retain, dup).
+The ticket is what `Link.ack` takes: the message's place in the connection's receive order."""
+
+
+class _Unacked:
+    """A QoS 1/2 PUBLISH handed over and not acknowledged yet (`done`: its ack may go once
+    every one before it has gone)."""
+
+    __slots__ = ("done", "mid", "qos")
+
+    def __init__(self, mid: int, qos: int) -> None:
+        self.mid = mid
+        self.qos = qos
+        self.done = False
 
 
 async def _no_reconnect(*args: object, **kwargs: object) -> None:
@@ -111,13 +132,18 @@ class Link:
         self._paused = False
         self._resumed_at = 0.0
         self._keepalive_task: asyncio.Task[None] | None = None
-        # Packet ids of this connection's QoS 1/2 PUBLISHes handed over and not acknowledged
-        # yet, and of QoS 2 ones acknowledged with PUBREC and not released yet. A PUBLISH that
-        # comes again with one of these ids (a broker re-sending on a live connection, as EMQX
-        # does with retry_interval) is the same message: it is not handed over a second time.
-        self._unacked: set[int] = set()
+        # This connection's QoS 1/2 PUBLISHes handed over and not acknowledged yet, in the
+        # order they came: the head's ticket is `_first_ticket`. `_in_flight` counts them per
+        # packet id; `_received` holds the ids of QoS 2 ones acknowledged with PUBREC and not
+        # released yet. A PUBLISH that comes again with DUP set and one of these ids (a broker
+        # re-sending on a live connection, as EMQX does with retry_interval) is the same
+        # message: it is not handed over a second time.
+        self._unacked: deque[_Unacked] = deque()
+        self._first_ticket = 0
+        self._in_flight: dict[int, int] = {}
         self._received: set[int] = set()
-        self.duplicates = 0
+        self.duplicates = 0  # re-sends not handed over again
+        self.reused_ids = 0  # new messages with the id of one still in flight
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -264,43 +290,75 @@ class Link:
         self._on_publish(self, None, 0, topic, payload, props)
 
     def _on_qos1(self, mid: int, payload: bytes, topic: str, props: Mapping[str, Any]) -> None:
-        if self._is_duplicate(mid, topic):
+        if mid in self._in_flight and self._is_resend(mid, topic, props):
             return
-        self._unacked.add(mid)
-        self._on_publish(self, mid, 1, topic, payload, props)
+        self._on_publish(self, self._hand_over(mid, 1), 1, topic, payload, props)
 
     def _on_qos2(self, mid: int, payload: bytes, topic: str, props: Mapping[str, Any]) -> None:
         if mid in self._received:  # PUBREC was lost or is late: send it again, deliver nothing
             self.duplicates += 1
             self._write_ack(_PUBREC, mid)
             return
-        if self._is_duplicate(mid, topic):
+        # Until it is released, a QoS 2 id is one message, whatever the DUP flag says.
+        if mid in self._in_flight and self._is_resend(mid, topic, None):
             return
-        self._unacked.add(mid)
-        self._on_publish(self, mid, 2, topic, payload, props)
+        self._on_publish(self, self._hand_over(mid, 2), 2, topic, payload, props)
 
-    def _is_duplicate(self, mid: int, topic: str) -> bool:
-        if mid not in self._unacked:
+    def _is_resend(self, mid: int, topic: str, props: Mapping[str, Any] | None) -> bool:
+        """A PUBLISH with the id of one in flight: the same message again (DUP set), or with
+        DUP clear under QoS 1 a new one the broker gave a reused id (see the module doc)."""
+        if props is not None and not props.get("dup"):
+            self.reused_ids += 1
+            if self.reused_ids == 1 or self.reused_ids % 1000 == 0:
+                log.warning(
+                    "the broker reused packet id %d while it was in flight (%d times on this "
+                    "connection): it sends more than the Receive Maximum of %d; taken as new "
+                    "messages, acknowledged in order",
+                    mid,
+                    self.reused_ids,
+                    self._settings.receive_maximum,
+                )
             return False
         self.duplicates += 1
         log.debug("PUBLISH %d on %r came again while in flight; handed over once", mid, topic)
         return True
+
+    def _hand_over(self, mid: int, qos: int) -> int:
+        """Queue a message for its in-order ack; its ticket."""
+        self._unacked.append(_Unacked(mid, qos))
+        self._in_flight[mid] = self._in_flight.get(mid, 0) + 1
+        return self._first_ticket + len(self._unacked) - 1
 
     def _on_pubrel(self, cmd: int, packet: bytes) -> None:
         if len(packet) >= 2:
             self._received.discard(int.from_bytes(packet[:2], "big"))
         self._gmqtt_pubrel(cmd, packet)
 
-    def ack(self, mid: int, qos: int) -> None:
-        """PUBACK (QoS 1) or PUBREC (QoS 2), written with the others of this loop iteration.
-
-        Dropped when the connection is gone: the broker redelivers on the next one."""
-        if self._lost or mid not in self._unacked:
+    def ack(self, ticket: int) -> None:
+        """The message `ticket` may be acknowledged: its PUBACK (QoS 1) or PUBREC (QoS 2) is
+        written, with the others of this loop iteration, once those of every message received
+        before it are. Dropped when the connection is gone: the broker redelivers on the next."""
+        index = ticket - self._first_ticket
+        if self._lost or not 0 <= index < len(self._unacked):
             return  # gone with its connection, or acknowledged already
-        self._unacked.discard(mid)
-        if qos == 2:
-            self._received.add(mid)
-        self._write_ack(_PUBACK if qos == 1 else _PUBREC, mid)
+        self._unacked[index].done = True
+        if index:
+            return  # waits for the ones before it
+        unacked, in_flight = self._unacked, self._in_flight
+        while unacked and unacked[0].done:
+            head = unacked.popleft()
+            self._first_ticket += 1
+            mid = head.mid
+            left = in_flight[mid] - 1
+            if left:
+                in_flight[mid] = left
+            else:
+                del in_flight[mid]
+            if head.qos == 2:
+                self._received.add(mid)
+                self._write_ack(_PUBREC, mid)
+            else:
+                self._write_ack(_PUBACK, mid)
 
     def _write_ack(self, kind: bytes, mid: int) -> None:
         self._acks += kind

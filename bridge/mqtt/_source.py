@@ -389,7 +389,7 @@ class MqttSource:
     def _on_publish(
         self,
         link: Link,
-        mid: int | None,
+        ticket: int | None,
         qos: int,
         topic: str | bytes,
         payload: bytes,
@@ -406,9 +406,9 @@ class MqttSource:
             received_at=time.monotonic(),
         )
         if self._paused or self._held:
-            self._held.append((link, mid, message))
+            self._held.append((link, ticket, message))
         else:
-            self._deliver(link, mid, message)
+            self._deliver(link, ticket, message)
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -420,35 +420,35 @@ class MqttSource:
         self._drain_scheduled = False
         held = self._held
         while held and not self._paused:
-            link, mid, message = held.popleft()
+            link, ticket, message = held.popleft()
             if not link.lost:
-                self._deliver(link, mid, message)
+                self._deliver(link, ticket, message)
         if not self._paused and self._link is not None:
             self._link.resume()
 
-    def _deliver(self, link: Link, mid: int | None, message: Message) -> None:
+    def _deliver(self, link: Link, ticket: int | None, message: Message) -> None:
         try:
             result = self._handler(message)
         except Exception:
             log.exception("MQTT message handler failed on %r; redelivery follows", message.topic)
-            if mid is not None:
+            if ticket is not None:
                 link.abort()
             return
         if result is None:
-            if mid is not None:
-                link.ack(mid, message.qos)
+            if ticket is not None:
+                link.ack(ticket)
             return
         if isinstance(result, asyncio.Future) and result.done():
-            self._settle(link, mid, message, result)
+            self._settle(link, ticket, message, result)
             return
         future = asyncio.ensure_future(result)
         self._inflight += 1
-        future.add_done_callback(lambda f: self._settle(link, mid, message, f, counted=True))
+        future.add_done_callback(lambda f: self._settle(link, ticket, message, f, counted=True))
 
     def _settle(
         self,
         link: Link,
-        mid: int | None,
+        ticket: int | None,
         message: Message,
         future: "asyncio.Future[Any]",
         *,
@@ -460,7 +460,7 @@ class MqttSource:
             return  # shutting down: leave it unacked, the next session gets it
         exc = future.exception()
         if exc is not None:
-            if mid is None:
+            if ticket is None:
                 log.warning("QoS 0 message on %r failed: %s", message.topic, exc)
                 return
             log.error(
@@ -470,5 +470,5 @@ class MqttSource:
             )
             link.abort()
             return
-        if mid is not None:
-            link.ack(mid, message.qos)
+        if ticket is not None:
+            link.ack(ticket)

@@ -220,6 +220,46 @@ async def test_a_publish_resent_while_in_flight_is_stored_and_acknowledged_once(
     assert ledger.duplicates == 0
 
 
+async def test_packet_ids_reused_in_flight_are_new_messages_acknowledged_in_order(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Mosquitto 2.0.11 sends past the Receive Maximum and, past 65,535 in flight, reuses the
+    id of a message not acknowledged yet (DUP clear); a PUBACK then settles its OLDEST message
+    with that id. Here ids cycle through 1..3 and every other message goes to a stream whose
+    appends are held: the messages of the free stream are stored first, and their PUBACKs must
+    wait (in receive order), or a PUBACK for id 1 would settle the held message 0."""
+    rig.mqtt.reuse_packet_ids(3)
+    hold = rig.faults.hold("Append", stream="slow", before=True)
+    rules = [rule("slow", "slow", "slow"), rule("fast", "fast", "fast")]
+    async with bridged(rig, tmp_path, rules):
+        topics = ("slow/d0", "fast/d0")
+        await send(rig, [(topics[n % 2], payload(n)) for n in range(20)])
+        await wait_until(
+            lambda: len(rig.mqtt.delivered) == 20, 10, "20 PUBLISHes through the proxy"
+        )
+
+        async def fast_stored() -> bool:
+            return len(await _read(rig, "fast")) == 10
+
+        await wait_until(fast_stored, 10, "the free stream's 10 records")
+        midway = await take_stock(
+            "packet ids reused in flight: one stream held", 20, rig.mqtt.acked, rig.store.url,
+            ["slow", "fast"],
+        )  # fmt: skip
+        assert midway.acked == [], "a PUBACK went before the held message received first"
+        hold.release()
+        await acked(rig, 20)
+    ledger = await take_stock(
+        "packet ids reused in flight, then released", 20, rig.mqtt.acked, rig.store.url,
+        ["slow", "fast"],
+    )  # fmt: skip
+    assert sorted(ledger.stored) == list(range(20))
+    assert [d.packet_id for d in rig.mqtt.delivered[:6]] == [1, 2, 3, 1, 2, 3]
+    assert not any(d.dup for d in rig.mqtt.delivered)
+    assert [a.payload for a in rig.mqtt.acks] == [d.payload for d in rig.mqtt.delivered]
+    assert rig.mqtt.stray_acks == 0
+
+
 # --- defects 3 and 4: shutdown and supervision ---------------------------------------------
 
 

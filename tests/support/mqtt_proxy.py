@@ -9,6 +9,11 @@ misbehave on purpose, the way brokers and networks do:
 
 - `duplicate_publishes(n)`: resend the next n QoS 1/2 PUBLISHes with the DUP flag while they are
   still unacknowledged, as EMQX does with `mqtt.retry_interval` on a live connection;
+- `reuse_packet_ids(n)`: give the QoS 1/2 PUBLISHes packet ids 1..n in turn, whether or not the
+  last one with that id was acknowledged (DUP clear), and map each ack back to the broker's id
+  of the OLDEST unacknowledged PUBLISH with it: what Mosquitto 2.0.11 does past 65,535 messages
+  in flight (it sends past the Receive Maximum once messages queue, and deletes the first
+  in-flight message with an acked id);
 - `drop_subacks(n)`: swallow the next n SUBACKs (a SUBACK that never comes);
 - `cut()`: abort every connection at once, both sides;
 - `hold_acks()`/`release_acks()`: keep the client's PUBACK/PUBREC from the broker for a while.
@@ -21,7 +26,7 @@ loop: `async with MqttProxy(broker.host, broker.port) as proxy:` then connect to
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -145,7 +150,12 @@ class _Connection:
     ) -> None:
         self.index, self.client, self.upstream = index, client, upstream
         self.level = 4  # MQTT protocol level from CONNECT: 4 = 3.1.1, 5 = 5
-        self.unacked: dict[int, Delivered] = {}
+        # The unacknowledged PUBLISHes per packet id (as the client sees it), oldest first, and
+        # with reused ids, the broker's ids behind them.
+        self.unacked: dict[int, deque[Delivered]] = {}
+        self.broker_ids: dict[int, deque[int]] = {}
+        self.publishes = 0
+        self.id_space = 0
         self.last: dict[int, Delivered] = {}
         self.closed = False
         self.done = asyncio.Event()
@@ -170,6 +180,7 @@ class MqttProxy:
         self.subacks: list[SubAck] = []
         self.errors: list[BaseException] = []  # anything but a connection error (a proxy bug)
         self._duplicates, self._duplicate_delay, self._subacks_to_drop = 0, 0.05, 0
+        self._id_space = 0  # reuse_packet_ids(): ids 1.._id_space (0: the broker's own)
         self._holding = False
         self._held: list[tuple[_Connection, bytes]] = []
         self._accepted = 0
@@ -207,6 +218,10 @@ class MqttProxy:
         """Resend each of the next `count` QoS 1/2 PUBLISHes `delay` s after forwarding it, with
         the same packet id and DUP set, unless the client has acked it by then."""
         self._duplicates, self._duplicate_delay = count, delay
+
+    def reuse_packet_ids(self, space: int) -> None:
+        """From now on, new connections' QoS 1/2 PUBLISHes get the ids 1..`space` in turn."""
+        self._id_space = space
 
     def drop_subacks(self, count: int) -> None:
         self._subacks_to_drop = count
@@ -274,6 +289,7 @@ class MqttProxy:
                 upstream[1].transport.abort()
                 return
             connection = _Connection(index, writer, upstream[1])
+            connection.id_space = self._id_space
             self._live.add(connection)
             pumps = [
                 asyncio.create_task(self._pump(connection, reader, upstream[1], self._from_client)),
@@ -328,7 +344,8 @@ class MqttProxy:
             self.subscribes.append(Subscribe(connection.index, packet_id, tuple(filters)))
         elif kind in ACK_NAMES:
             packet_id = _u16(packet, pos)
-            delivered = connection.unacked.pop(packet_id, None)
+            waiting = connection.unacked.get(packet_id)
+            delivered = waiting.popleft() if waiting else None
             if delivered is None:  # a double ack: recorded, never forwarded
                 last = connection.last.get(packet_id)
                 payload = None if last is None else last.payload
@@ -338,6 +355,9 @@ class MqttProxy:
                 Ack(connection.index, packet_id, ACK_NAMES[kind], delivered.payload, False)
             )
             self.acked.append(delivered.payload)
+            behind = connection.broker_ids.get(packet_id)
+            if behind:  # a reused id: ack the broker's oldest message with it
+                packet = packet[:pos] + behind.popleft().to_bytes(2, "big") + packet[pos + 2 :]
             if self._holding:
                 self._held.append((connection, packet))
                 return b""
@@ -353,6 +373,12 @@ class MqttProxy:
             packet_id = None
             if qos:
                 packet_id = _u16(packet, pos)
+                if connection.id_space:
+                    broker_id = packet_id
+                    packet_id = connection.publishes % connection.id_space + 1
+                    connection.broker_ids.setdefault(packet_id, deque()).append(broker_id)
+                    packet = packet[:pos] + packet_id.to_bytes(2, "big") + packet[pos + 2 :]
+                connection.publishes += 1
                 pos += 2
             pos = _skip_properties(packet, pos, connection.level)
             delivered = Delivered(
@@ -360,7 +386,8 @@ class MqttProxy:
             )
             self.delivered.append(delivered)
             if packet_id is not None:
-                connection.unacked[packet_id] = connection.last[packet_id] = delivered
+                connection.unacked.setdefault(packet_id, deque()).append(delivered)
+                connection.last[packet_id] = delivered
                 if self._duplicates > 0:
                     self._duplicates -= 1
                     loop = asyncio.get_running_loop()
@@ -379,7 +406,7 @@ class MqttProxy:
     def _resend(self, connection: _Connection, delivered: Delivered) -> None:
         if connection.closed or delivered.packet_id is None:
             return
-        if connection.unacked.get(delivered.packet_id) is not delivered:
+        if not any(d is delivered for d in connection.unacked.get(delivered.packet_id, ())):
             return  # acked meanwhile
         raw = bytes([delivered.raw[0] | 0x08]) + delivered.raw[1:]
         connection.client.write(raw)
