@@ -215,7 +215,10 @@ class Accumulator:
         if batch is None:
             batch = queue.open = Batch(time.monotonic())
             state.last_added = batch.created  # idleness needs no clock read per record
-            if self.linger > 0:
+            # While an append is in flight the batch cannot go anyway: it gets its linger when
+            # the shard is free (`close_if_idle`), not a timer per batch here (with many shards
+            # that was a timer every few records).
+            if self.linger > 0 and not queue.sending:
                 queue.timer = self._loop.call_later(self.linger, self._linger_expired, queue, batch)
         batch.items.append(item)
         batch.size += item.size
@@ -274,9 +277,16 @@ class Accumulator:
         return first
 
     def close_if_idle(self, queue: ShardQueue) -> None:
-        """With no linger, the open batch goes as soon as the shard's sender is free."""
-        if self.linger <= 0 and not queue.ready and queue.open is not None:
+        """The shard's append is done and nothing else is ready: the open batch goes now if its
+        linger is over (or there is none), else its timer runs for the rest of it."""
+        batch = queue.open
+        if queue.ready or batch is None or queue.timer is not None:
+            return
+        wait = batch.created + self.linger - time.monotonic() if self.linger > 0 else 0.0
+        if wait <= 0:
             self._close(queue)
+        else:
+            queue.timer = self._loop.call_later(wait, self._linger_expired, queue, batch)
 
     def close_all(self) -> None:
         """Close every open batch now (shutdown flush)."""

@@ -5,6 +5,7 @@ import asyncio
 from bridge.accumulator import (
     RECORD_OVERHEAD,
     Accumulator,
+    Batch,
     Delivery,
     Item,
     ShardQueue,
@@ -49,6 +50,14 @@ class Recorder:
             on_new_stream=self.new_streams.append,
             on_pressure=self.pressure.append,
         )
+
+
+def timer_of(queue: ShardQueue) -> asyncio.TimerHandle | None:
+    return queue.timer  # read through a call: an assert before does not narrow it here
+
+
+def open_of(queue: ShardQueue) -> Batch | None:
+    return queue.open
 
 
 def item(data: bytes, key: str = "") -> Item:
@@ -114,6 +123,38 @@ async def test_zero_linger_keeps_filling_while_an_append_is_in_flight() -> None:
     queue.sending = False
     acc.close_if_idle(queue)
     assert [len(b.items) for b in queue.ready] == [5]
+
+
+async def test_a_batch_opened_during_an_append_gets_its_linger_when_the_shard_is_free() -> None:
+    rec = Recorder()
+    acc = rec.make(linger=0.05, batch_max_records=100)
+    acc.add("s", item(b"first"))
+    acc.set_shard_map(acc.streams["s"], shard_map(1))
+    queue = acc.streams["s"].shards[100]
+    await asyncio.wait_for(rec.ready_event.wait(), 5)
+    queue.ready.clear()
+    rec.ready.clear()
+    queue.sending = True  # an append is in flight: records wait in an open batch, no timer
+    for n in range(5):
+        acc.add("s", item(b"%d" % n))
+    assert queue.open is not None
+    assert queue.timer is None
+    acc.close_if_idle(queue)  # the append is done, 0.05 s not over: a timer for the rest
+    assert not queue.ready
+    assert timer_of(queue) is not None
+    queue.sending = False
+    rec.ready_event.clear()
+    await asyncio.wait_for(rec.ready_event.wait(), 5)
+    assert [len(b.items) for b in queue.ready] == [5]
+    assert rec.ready == [queue]
+
+    queue.ready.clear()
+    queue.sending = True
+    acc.add("s", item(b"late"))
+    await asyncio.sleep(0.06)  # its linger is over before the append in flight is done
+    acc.close_if_idle(queue)
+    assert [[i.data for i in b.items] for b in queue.ready] == [[b"late"]]
+    assert (open_of(queue), timer_of(queue)) == (None, None)
 
 
 async def test_pressure_reported_at_budget_and_cleared_at_low_water() -> None:
