@@ -32,6 +32,15 @@ from bridge.settings import ENV_PREFIX, ConfigFileError, Settings, load_settings
 
 logger = logging.getLogger("bridge")
 
+# The cyclic collector's thresholds (CPython's are 700, 10, 10). Each message makes a dozen
+# GC-tracked objects (its delivery, future, callbacks, records) that live until it is stored,
+# so with the default a young collection ran every ~60 messages and promoted them, and full
+# passes over every message in flight followed. Measured side by side (bench.pipeline, 200,000
+# telemetry messages, 2 cores): fan-out to 100 streams x 4 shards 17,642 -> 28,212 msg/s and
+# 9.86 -> 5.31 CPU s; one stream 39,766 -> 43,463 msg/s; p99 at half the peak 11.0 -> 10.3 ms.
+# The messages themselves make no cycles: garbage cycles wait at most 100,000 allocations.
+GC_THRESHOLDS = (100_000, 20, 10)
+
 _SKIP_FLAGS = {"rules", "sources"}
 
 
@@ -191,6 +200,7 @@ async def _serve_bridge(settings: Settings) -> int:
             # keep it out of the cyclic collector's full passes, which otherwise show up as
             # latency spikes under load.
             gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
             await bridge.run(stop)
     except PipelineFailed as exc:
         # Logged where it happened; exit non-zero so the orchestrator restarts the bridge.
