@@ -35,6 +35,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -439,33 +440,33 @@ class MqttSource:
                 link.ack(ticket)
             return
         if isinstance(result, asyncio.Future) and result.done():
-            self._settle(link, ticket, message, result)
+            self._settle(link, ticket, message.topic, result)
             return
         future = asyncio.ensure_future(result)
         self._inflight += 1
-        future.add_done_callback(lambda f: self._settle(link, ticket, message, f, counted=True))
+        # A partial, not a closure: two GC-tracked objects per message instead of six (the
+        # function and a cell per captured name); the message itself is not kept.
+        future.add_done_callback(partial(self._settle_later, link, ticket, message.topic))
+
+    def _settle_later(
+        self, link: Link, ticket: int | None, topic: str, future: "asyncio.Future[Any]"
+    ) -> None:
+        self._inflight -= 1
+        self._settle(link, ticket, topic, future)
 
     def _settle(
-        self,
-        link: Link,
-        ticket: int | None,
-        message: Message,
-        future: "asyncio.Future[Any]",
-        *,
-        counted: bool = False,
+        self, link: Link, ticket: int | None, topic: str, future: "asyncio.Future[Any]"
     ) -> None:
-        if counted:
-            self._inflight -= 1
         if future.cancelled():
             return  # shutting down: leave it unacked, the next session gets it
         exc = future.exception()
         if exc is not None:
             if ticket is None:
-                log.warning("QoS 0 message on %r failed: %s", message.topic, exc)
+                log.warning("QoS 0 message on %r failed: %s", topic, exc)
                 return
             log.error(
                 "MQTT message on %r failed (%s); dropping the connection so it is redelivered",
-                message.topic,
+                topic,
                 exc,
             )
             link.abort()
