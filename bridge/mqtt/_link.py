@@ -55,6 +55,12 @@ _PERMANENT_V5 = frozenset(
 # thousand 200-byte messages, i.e. tens of milliseconds of routing before anything else runs).
 READ_CHUNK_BYTES = 16 * 1024
 
+_PUBLISH = 0x30
+# The properties of a PUBLISH that has none, as gmqtt gives them, by its DUP and RETAIN bits.
+_FLAGS: dict[int, Mapping[str, Any]] = {
+    flags: {"dup": (flags >> 3) & 1, "retain": flags & 1} for flags in (0, 1, 8, 9)
+}
+
 # PUBACK / PUBREC with a 2-byte remaining length: valid in 3.1.1 and in 5 (reason 0 may be omitted).
 _PUBACK = b"\x40\x02"
 _PUBREC = b"\x50\x02"
@@ -111,6 +117,12 @@ class Link:
             client.set_auth_credentials(settings.username, settings.password)
         handler = client._package_handler
         handler._reconnect_callback = _no_reconnect
+        # PUBLISH packets without properties (nearly all) are parsed here; gmqtt's parser
+        # (struct formats built per packet, a properties dict, a debug log) takes the rest.
+        self._v5 = settings.protocol == 5
+        self._gmqtt_packet = handler._handle_packet
+        self._gmqtt_publish = handler._handle_publish_packet
+        handler._handle_packet = self._on_packet
         handler._handle_qos_1_publish_packet = self._on_qos1
         handler._handle_qos_2_publish_packet = self._on_qos2
         self._gmqtt_pubrel = handler._handle_pubrel_packet
@@ -283,6 +295,41 @@ class Link:
         self._on_suback(client, mid, codes, None)
 
     # --- incoming messages and acks -----------------------------------------------------------
+
+    def _on_packet(self, cmd: int, packet: bytes) -> None:
+        if cmd & 0xF0 == _PUBLISH:
+            self._on_publish_packet(cmd, packet)
+        else:
+            self._gmqtt_packet(cmd, packet)
+
+    def _on_publish_packet(self, cmd: int, packet: bytes) -> None:
+        """A PUBLISH with no MQTT 5 properties, parsed here; any other goes to gmqtt's parser
+        (properties, topic aliases, a topic that is not UTF-8), which calls the same hooks."""
+        qos = (cmd >> 1) & 3
+        end = 2 + (packet[0] << 8 | packet[1])
+        mid = 0
+        if qos:
+            mid = packet[end] << 8 | packet[end + 1]
+            end += 2
+        if self._v5:
+            if packet[end]:  # a properties length: not the common case
+                self._gmqtt_publish(cmd, packet)
+                return
+            end += 1
+        try:
+            topic = packet[2 : 2 + (packet[0] << 8 | packet[1])].decode()
+        except UnicodeDecodeError:
+            topic = ""
+        if not topic:
+            self._gmqtt_publish(cmd, packet)
+            return
+        props = _FLAGS[cmd & 0x09]
+        if qos == 1:
+            self._on_qos1(mid, packet[end:], topic, props)
+        elif qos == 2:
+            self._on_qos2(mid, packet[end:], topic, props)
+        else:
+            self._on_publish(self, None, 0, topic, packet[end:], props)
 
     def _on_qos0(
         self, client: object, topic: str, payload: bytes, qos: int, props: Mapping[str, Any]
