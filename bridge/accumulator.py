@@ -35,26 +35,46 @@ class Settles(Protocol):
 
 
 class Delivery:
-    """Counts the records made from one message; `wait()` resolves when all are stored."""
+    """Counts the records made from one message; done when all are stored.
 
-    __slots__ = ("_future", "_remaining")
+    The MQTT source is told through `then` (a plain callback, called as the last record is
+    stored); `wait()` makes a future for those who await it (CDC sources, tests). Only what
+    is asked for is made: a future and its scheduled callback per message were a fifth of the
+    bridge's allocations on the hot path."""
+
+    __slots__ = ("_callback", "_future", "_loop", "_remaining")
 
     def __init__(self, records: int, loop: asyncio.AbstractEventLoop) -> None:
         self._remaining = records
-        self._future: asyncio.Future[None] = loop.create_future()
-        if records == 0:
-            self._future.set_result(None)
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+        self._callback: Callable[[], None] | None = None
 
     def record_done(self) -> None:
         self._remaining -= 1
-        if self._remaining == 0 and not self._future.done():
-            self._future.set_result(None)
+        if self._remaining == 0:
+            if self._callback is not None:
+                callback, self._callback = self._callback, None
+                callback()
+            if self._future is not None and not self._future.done():
+                self._future.set_result(None)
 
     @property
     def done(self) -> bool:
-        return self._future.done()
+        return self._remaining <= 0
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every record is stored (now, if they are); one callback."""
+        if self._remaining <= 0:
+            callback()
+        else:
+            self._callback = callback
 
     def wait(self) -> asyncio.Future[None]:
+        if self._future is None:
+            self._future = self._loop.create_future()
+            if self._remaining <= 0:
+                self._future.set_result(None)
         return self._future
 
 

@@ -49,7 +49,7 @@ from bridge.hstream.errors import StreamExists as StreamExistsError
 from bridge.hstream.records import Compression, ReceivedRecord
 from bridge.logs import redact_url
 from bridge.metrics import BridgeMetrics
-from bridge.mqtt import Message, MqttError, MqttSettings, MqttSource
+from bridge.mqtt import Message, MqttError, MqttSettings, MqttSource, Settling
 from bridge.router import Output, Router
 from bridge.sender import Sender, SenderConfig
 from bridge.settings import Settings
@@ -645,7 +645,7 @@ class Bridge:
 
     # --- intake -------------------------------------------------------------------------------
 
-    def _on_message(self, message: Message) -> Awaitable[None] | None:
+    def _on_message(self, message: Message) -> Awaitable[None] | Settling | None:
         router = self.router
         assert router is not None
         routes = router.routes(message.topic)
@@ -657,11 +657,11 @@ class Bridge:
             return None
         outputs = router.outputs(message, routes)
         if not message.qos:
-            self.accept(outputs, message.received_at, held=0, tracked=False)
+            self._accept(outputs, message.received_at, 0, tracked=False)
             return None
         # A QoS 1/2 message stays in memory until acknowledged; a QoS 0 one is gone now.
         held = len(message.payload) + len(message.topic) + MESSAGE_OVERHEAD
-        return self.accept(outputs, message.received_at, held=held)
+        return self._accept(outputs, message.received_at, held)
 
     def accept(
         self, outputs: list[Output], received_at: float, *, held: int, tracked: bool = True
@@ -670,6 +670,14 @@ class Bridge:
         counted; the future resolves once every one is stored or dead-lettered (with a disk
         buffer: durable). `held` is what the source keeps in memory until then, charged to the
         first record. Untracked records (QoS 0) get no future in memory mode."""
+        pending = self._accept(outputs, received_at, held, tracked=tracked)
+        return pending.wait() if isinstance(pending, Delivery) else pending
+
+    def _accept(
+        self, outputs: list[Output], received_at: float, held: int, *, tracked: bool = True
+    ) -> "Delivery | asyncio.Future[None] | None":
+        """`accept`, answering with the records' Delivery itself in memory mode (the MQTT
+        source settles through its `then`, with no future)."""
         assert self._loop is not None
         for out in outputs:
             if out.reason is not None:
@@ -684,7 +692,7 @@ class Bridge:
                 out.stream, Item(out.data, out.key, delivery, received_at, out.rule_id, held)
             )
             held = 0  # charged once, with the first record
-        return delivery.wait() if delivery is not None else None
+        return delivery
 
     def _qos0_only(self) -> bool:
         """True when every subscription is QoS 0, so every message can be dropped."""

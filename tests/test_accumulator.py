@@ -214,6 +214,24 @@ async def test_delivery_resolves_after_its_last_record() -> None:
     assert Delivery(0, asyncio.get_running_loop()).done
 
 
+async def test_delivery_calls_back_once_as_its_last_record_is_stored() -> None:
+    loop = asyncio.get_running_loop()
+    calls: list[str] = []
+    delivery = Delivery(2, loop)
+    waiting = delivery.wait()
+    delivery.then(lambda: calls.append("then"))
+    delivery.record_done()
+    assert calls == []
+    assert not waiting.done()
+    delivery.record_done()
+    assert calls == ["then"]  # at once, not on a later loop iteration
+    assert waiting.done()
+    done = Delivery(0, loop)
+    done.then(lambda: calls.append("already"))
+    assert calls == ["then", "already"]
+    assert done.wait().done()
+
+
 async def test_waiting_batches_are_merged_up_to_the_limits_in_order() -> None:
     rec = Recorder()
     acc = rec.make(batch_max_records=4, batch_max_bytes=1000)

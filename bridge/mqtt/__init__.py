@@ -6,7 +6,14 @@ delivery contract. `_link.py` is the one place that touches gmqtt's internals.
 
 from bridge.backoff import backoff_delay
 from bridge.mqtt._errors import ConnectRefused, MqttError, SubscribeRefused
-from bridge.mqtt._model import BrokerAddress, Handler, Message, MqttSettings, parse_broker_url
+from bridge.mqtt._model import (
+    BrokerAddress,
+    Handler,
+    Message,
+    MqttSettings,
+    Settling,
+    parse_broker_url,
+)
 from bridge.mqtt._source import MqttSource
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "MqttError",
     "MqttSettings",
     "MqttSource",
+    "Settling",
     "SubscribeRefused",
     "backoff_delay",
     "parse_broker_url",

@@ -4,7 +4,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 class Message(NamedTuple):
@@ -22,9 +22,17 @@ class Message(NamedTuple):
     received_at: float
 
 
-Handler = Callable[[Message], Awaitable[None] | None]
-"""Called once per message, synchronously, in socket order. Returning an awaitable holds the
-PUBACK (QoS 1) / PUBREC (QoS 2) until it completes; returning None acknowledges at once."""
+class Settling(Protocol):
+    """What a handler may return instead of an awaitable: `then(callback)` calls back, once,
+    when the message may be acknowledged (cheaper than a future per message)."""
+
+    def then(self, callback: Callable[[], None]) -> None: ...
+
+
+Handler = Callable[[Message], Awaitable[None] | Settling | None]
+"""Called once per message, synchronously, in socket order. Returning an awaitable (or a
+`Settling`) holds the PUBACK (QoS 1) / PUBREC (QoS 2) until it completes; returning None
+acknowledges at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,10 +34,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from bridge.backoff import backoff_delay
 from bridge.logs import redact_url
@@ -439,14 +439,24 @@ class MqttSource:
             if ticket is not None:
                 link.ack(ticket)
             return
+        then = getattr(result, "then", None)
+        if then is not None:  # a Settling: no future, no scheduled callback
+            self._inflight += 1
+            then(partial(self._settled, link, ticket))
+            return
         if isinstance(result, asyncio.Future) and result.done():
             self._settle(link, ticket, message.topic, result)
             return
-        future = asyncio.ensure_future(result)
+        future = asyncio.ensure_future(cast(Awaitable[None], result))
         self._inflight += 1
         # A partial, not a closure: two GC-tracked objects per message instead of six (the
         # function and a cell per captured name); the message itself is not kept.
         future.add_done_callback(partial(self._settle_later, link, ticket, message.topic))
+
+    def _settled(self, link: Link, ticket: int | None) -> None:
+        self._inflight -= 1
+        if ticket is not None:
+            link.ack(ticket)
 
     def _settle_later(
         self, link: Link, ticket: int | None, topic: str, future: "asyncio.Future[Any]"
