@@ -19,10 +19,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from bridge.accumulator import MESSAGE_OVERHEAD, Accumulator, Delivery, Item
 from bridge.api import (
@@ -42,6 +43,7 @@ from bridge.cdc.metrics import CdcCollector
 from bridge.cdc.store import SourcesFile, parse_sources
 from bridge.cluster.placement import owner
 from bridge.config import ConfigConflict, ConfigLog, Document
+from bridge.config.secrets import SEALED, Sealer, SealError
 from bridge.hstream import structenc
 from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamNotFound
@@ -125,7 +127,11 @@ class Bridge:
         self.data_dir = Path(settings.data_dir)
         self.rules_file = RulesFile(self.data_dir / RULES_FILE)
         self.rules: list[Rule] = []
-        self.sources_file = SourcesFile(self.data_dir / SOURCES_FILE)
+        self.sources_file = SourcesFile(
+            self.data_dir / SOURCES_FILE, seal=self._seal_source, open=self._open_source
+        )
+        self._sealer: Sealer | None = None
+        self._clear_password_warned: set[object] = set()
         self.cdc: CdcSources | None = None
         self.room = asyncio.Event()  # set while intake may go on (the budget has room)
         self.room.set()
@@ -820,7 +826,7 @@ class Bridge:
         assert self.config is not None
         version = await self.config.propose(
             [rule.model_dump(mode="json") for rule in rules],
-            [source.model_dump(mode="json") for source in sources],
+            [self._seal_source(source.model_dump(mode="json")) for source in sources],
             if_match=if_match,
         )
         failed = self._subscribe_errors.pop(version, None)
@@ -828,10 +834,55 @@ class Bridge:
             raise failed
         return version
 
+    @property
+    def sealer(self) -> Sealer | None:
+        """Seals source passwords (bridge/config/secrets.py), keyed by --cluster-secret."""
+        secret = self.settings.cluster_secret
+        if self._sealer is None and secret:
+            self._sealer = Sealer.from_secret(secret)
+        return self._sealer
+
+    def _seal_source(self, source: Mapping[str, Any]) -> dict[str, Any]:
+        sealer = self.sealer
+        if sealer is not None:
+            return sealer.seal(source)
+        dsn, source_id = source.get("dsn"), source.get("id")
+        if (
+            isinstance(dsn, str)
+            and urlsplit(dsn).password is not None
+            and source_id not in self._clear_password_warned
+        ):
+            self._clear_password_warned.add(source_id)
+            logger.warning(
+                "source %s: its password is written as given to the configuration stream and "
+                "the sources file: set --cluster-secret (the same on every replica) to seal "
+                "it, or use password_env",
+                source_id,
+            )
+        return dict(source)
+
+    def _open_source(self, source: Mapping[str, Any]) -> dict[str, Any]:
+        if SEALED not in source:
+            return dict(source)
+        sealer = self.sealer
+        if sealer is None:
+            problem = (
+                f"source {source.get('id')!r}: its password is sealed and this replica has no "
+                "--cluster-secret to open it: set the one of the replica that sealed it"
+            )
+        else:
+            try:
+                return sealer.open(source)
+            except SealError as exc:
+                problem = str(exc)
+        logger.error("%s", problem)
+        return {key: value for key, value in source.items() if key != SEALED}
+
     async def _apply_document(self, document: Document) -> None:
         """A configuration version from the config stream: rules and sources, live."""
         rules = parse_rules(document.rules, f"configuration version {document.version}")
-        sources = parse_sources(document.sources, f"configuration version {document.version}")
+        items = [self._open_source(i) if isinstance(i, Mapping) else i for i in document.sources]
+        sources = parse_sources(items, f"configuration version {document.version}")
         if [r.model_dump() for r in rules] != [r.model_dump() for r in self.rules]:
             try:
                 await self._apply_rules(rules)

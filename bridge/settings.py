@@ -156,8 +156,9 @@ class Settings(BaseSettings):
     )
     cluster_secret: str | None = Field(
         None,
-        description="Shared secret (at least 16 characters) that signs cluster packets; "
-        "required with --cluster-listen or --cluster-peers",
+        description="Shared secret (at least 16 characters) that signs cluster packets and "
+        "seals source passwords in the configuration stream; required with --cluster-listen or "
+        "--cluster-peers",
     )
     rules: list[dict[str, Any]] = Field(
         default_factory=list, description="Rules from the config file (TOML [[rules]] tables)"
@@ -234,6 +235,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "cluster_listen needs cluster_secret of at least 16 characters: it signs the "
                 "cluster's packets (members with another secret are ignored)"
+            )
+        if self.cluster_secret is not None and len(self.cluster_secret) < 16:
+            raise ValueError(
+                "cluster_secret must have at least 16 characters: it signs the cluster's packets "
+                "and keys the sealing of source passwords"
             )
         if self.buffer_bytes < self.batch_max_bytes:
             raise ValueError("buffer_bytes must hold at least one batch (batch_max_bytes)")

@@ -298,6 +298,17 @@ def mask_dsn(dsn: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def with_password(dsn: str, password: str) -> str:
+    """The DSN with `password` in it (in place of any it has)."""
+    parts = urlsplit(dsn)
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
 def parse_source(data: object) -> Source:
     """A Source from decoded JSON or TOML; SourceError naming the first bad field."""
     try:

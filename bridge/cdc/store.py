@@ -8,9 +8,9 @@ when the DSN holds one: the file is created readable by its owner only. Prefer `
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from bridge.cdc.config import Source, SourceError, parse_source
 from rules.store import write_atomically
@@ -41,9 +41,21 @@ def parse_sources(items: Iterable[object], origin: str) -> list[Source]:
     return sources
 
 
+Transform = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+def _as_is(source: Mapping[str, Any]) -> Mapping[str, Any]:
+    return source
+
+
 class SourcesFile:
-    def __init__(self, path: Path) -> None:
+    """`seal` is applied to each source document before it is written, `open` to each one read
+    (the bridge seals passwords: bridge/config/secrets.py)."""
+
+    def __init__(self, path: Path, *, seal: Transform = _as_is, open: Transform = _as_is) -> None:
         self.path = Path(path)
+        self._seal = seal
+        self._open = open
 
     def load(self) -> list[Source]:
         """The stored sources; [] when the file does not exist."""
@@ -60,12 +72,13 @@ class SourcesFile:
         items = document.get("sources", [])
         if not isinstance(items, list):
             raise SourcesFileError(f"{self.path}: 'sources' must be a list")
-        return parse_sources(items, str(self.path))
+        opened = [self._open(item) if isinstance(item, dict) else item for item in items]
+        return parse_sources(opened, str(self.path))
 
     def save(self, sources: Iterable[Source]) -> None:
         document = {
             "version": FILE_VERSION,
-            "sources": [source.model_dump(mode="json") for source in sources],
+            "sources": [self._seal(source.model_dump(mode="json")) for source in sources],
         }
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         write_atomically(self.path, text.encode("utf-8"))

@@ -5,6 +5,7 @@ Mosquitto on free ports; the bridge runs in-process with its embedded store, so 
 back over real gRPC.
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -36,7 +37,9 @@ async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_wit
     caplog.set_level(logging.DEBUG)
     db, dsn, table = _orders(database)
     position = "lsn" if database.kind == "postgres" else "gtid"
-    settings = bridge_settings(tmp_path, shared_mosquitto.url, client_id=f"cdc-{db}")
+    settings = bridge_settings(
+        tmp_path, shared_mosquitto.url, client_id=f"cdc-{db}", cluster_secret="sixteen or more c"
+    )
     body = source_body(db, database.kind, dsn, [table])
     stream = stream_of(db, "orders")
     async with running_bridge(settings) as bridge:
@@ -48,6 +51,16 @@ async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_wit
             assert "secret" not in created.text
         snapshot = await wait_changes(store, stream, 2)
         assert [(c["op"], c["after"]["id"]) for c in snapshot] == [("r", 1), ("r", 2)]
+        # With --cluster-secret the password is sealed wherever the source is written: the
+        # config stream (read by every replica, and by `hstream-bridge tail`) and the sources
+        # file. The restart below opens it again (from the sources file and the stream).
+        written = b"".join(
+            r.payload if isinstance(r.payload, bytes) else json.dumps(r.payload).encode()
+            for r in await read_stream(store, settings.config_stream)
+        )
+        written += (tmp_path / "sources.json").read_bytes()
+        assert b"secret" not in written
+        assert written.count(b'"dsn_password_sealed"') >= 2
         assert snapshot[0]["after"] == {"id": 1, "item": "apple", "qty": 1, "price": "1.50"}
         assert snapshot[0]["source"]["connector"] == {"postgres": "postgresql"}.get(
             database.kind, database.kind
@@ -107,7 +120,10 @@ async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_wit
 
 
 async def test_a_row_too_large_is_dead_lettered_and_the_source_goes_on(
-    tmp_path: Path, database: Database, shared_mosquitto: Mosquitto
+    tmp_path: Path,
+    database: Database,
+    shared_mosquitto: Mosquitto,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     text = "TEXT" if database.kind == "postgres" else "LONGTEXT"
     db, dsn, table = database.prepare(
@@ -138,6 +154,8 @@ async def test_a_row_too_large_is_dead_lettered_and_the_source_goes_on(
         assert letters[0].attributes["reason"] == "record_too_large"
         assert letters[0].attributes["cdc.table"] == table
         assert letters[0].attributes["original_size"].isdigit()
+    # No --cluster-secret: the password is stored as given, and the bridge says so.
+    assert f"source {db}: its password is written as given" in caplog.text
 
 
 async def test_binlog_off_is_a_status_naming_log_bin_and_the_bridge_stays_up(
