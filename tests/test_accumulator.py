@@ -52,6 +52,14 @@ class Recorder:
         )
 
 
+def one_shard(rec: Recorder, **overrides: float) -> tuple[Accumulator, ShardQueue]:
+    """An accumulator whose stream "s" has one shard, holding the record b"first"."""
+    acc = rec.make(**overrides)
+    acc.add("s", item(b"first"))
+    acc.set_shard_map(acc.streams["s"], shard_map(1))
+    return acc, acc.streams["s"].shards[100]
+
+
 def timer_of(queue: ShardQueue) -> asyncio.TimerHandle | None:
     return queue.timer  # read through a call: an assert before does not narrow it here
 
@@ -108,10 +116,7 @@ async def test_linger_closes_a_partial_batch() -> None:
 
 async def test_zero_linger_keeps_filling_while_an_append_is_in_flight() -> None:
     rec = Recorder()
-    acc = rec.make(linger=0, batch_max_records=100)
-    acc.add("s", item(b"first"))
-    acc.set_shard_map(acc.streams["s"], shard_map(1))
-    queue = acc.streams["s"].shards[100]
+    acc, queue = one_shard(rec, linger=0, batch_max_records=100)
     assert len(queue.ready) == 1  # sender idle: goes at once
     queue.ready.clear()
     queue.sending = True
@@ -127,10 +132,7 @@ async def test_zero_linger_keeps_filling_while_an_append_is_in_flight() -> None:
 
 async def test_a_batch_opened_during_an_append_gets_its_linger_when_the_shard_is_free() -> None:
     rec = Recorder()
-    acc = rec.make(linger=0.05, batch_max_records=100)
-    acc.add("s", item(b"first"))
-    acc.set_shard_map(acc.streams["s"], shard_map(1))
-    queue = acc.streams["s"].shards[100]
+    acc, queue = one_shard(rec, linger=0.05, batch_max_records=100)
     await asyncio.wait_for(rec.ready_event.wait(), 5)
     queue.ready.clear()
     rec.ready.clear()

@@ -287,25 +287,23 @@ class Source(BaseModel):
 
 def mask_dsn(dsn: str) -> str:
     """The DSN with its password replaced by ****."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
+    if urlsplit(dsn).password is None:
         return dsn
-    user = quote(unquote(parts.username or ""), safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    return _set_password(dsn, MASK)
 
 
 def with_password(dsn: str, password: str) -> str:
     """The DSN with `password` in it (in place of any it has)."""
+    return _set_password(dsn, quote(password, safe=""))
+
+
+def _set_password(dsn: str, encoded: str) -> str:
     parts = urlsplit(dsn)
     user = quote(unquote(parts.username or ""), safe="")
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{user}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{user}:{encoded}@{host}" + (f":{parts.port}" if parts.port else "")
     return parts._replace(netloc=netloc).geturl()
 
 
