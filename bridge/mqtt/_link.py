@@ -56,6 +56,9 @@ _PERMANENT_V5 = frozenset(
 READ_CHUNK_BYTES = 16 * 1024
 
 _PUBLISH = 0x30
+# Messages that may wait for their acks before the socket is no longer read: the packet id
+# space. A broker that honours the Receive Maximum never gets near it.
+UNACKED_LIMIT = 65_535
 # The properties of a PUBLISH that has none, as gmqtt gives them, by its DUP and RETAIN bits.
 _FLAGS: dict[int, Mapping[str, Any]] = {
     flags: {"dup": (flags >> 3) & 1, "retain": flags & 1} for flags in (0, 1, 8, 9)
@@ -154,6 +157,9 @@ class Link:
         self._first_ticket = 0
         self._in_flight: dict[int, int] = {}
         self._received: set[int] = set()
+        # Set while UNACKED_LIMIT messages wait for their acks: the socket is not read (the
+        # keepalive counts it as paused) until half of them have gone.
+        self._backlogged = False
         self.duplicates = 0  # re-sends not handed over again
         self.reused_ids = 0  # new messages with the id of one still in flight
 
@@ -249,12 +255,13 @@ class Link:
             await asyncio.sleep(keepalive / 4)
             now = time.monotonic()
             idle_in = now - max(connection._last_data_in, self._resumed_at)
-            if not self._paused and idle_in >= 2 * keepalive:
+            reading = not (self._paused or self._backlogged)
+            if reading and idle_in >= 2 * keepalive:
                 log.warning("MQTT broker silent for %.1f s; dropping the connection", idle_in)
                 self.abort()
                 return
             idle_out = now - connection._last_data_out
-            if idle_out >= keepalive / 2 or (not self._paused and idle_in >= keepalive / 2):
+            if idle_out >= keepalive / 2 or (reading and idle_in >= keepalive / 2):
                 connection._send_ping_request()
 
     # --- subscriptions ------------------------------------------------------------------------
@@ -372,9 +379,20 @@ class Link:
 
     def _hand_over(self, mid: int, qos: int) -> int:
         """Queue a message for its in-order ack; its ticket."""
-        self._unacked.append(_Unacked(mid, qos))
+        unacked = self._unacked
+        unacked.append(_Unacked(mid, qos))
         self._in_flight[mid] = self._in_flight.get(mid, 0) + 1
-        return self._first_ticket + len(self._unacked) - 1
+        if len(unacked) >= UNACKED_LIMIT and not self._backlogged:
+            # A broker that ignores the Receive Maximum, behind a message that is not stored
+            # yet: stored messages free the byte budget but not their place in the ack order.
+            log.warning(
+                "%d messages wait for their acks (the oldest is not stored yet, and the broker "
+                "sends past the Receive Maximum): not reading until half of them are acked",
+                len(unacked),
+            )
+            self._backlogged = True
+            self._stop_reading()
+        return self._first_ticket + len(unacked) - 1
 
     def _on_pubrel(self, cmd: int, packet: bytes) -> None:
         if len(packet) >= 2:
@@ -406,6 +424,11 @@ class Link:
                 self._write_ack(_PUBREC, mid)
             else:
                 self._write_ack(_PUBACK, mid)
+        if self._backlogged and len(unacked) <= UNACKED_LIMIT // 2:
+            self._backlogged = False
+            if not self._paused:
+                self._resumed_at = time.monotonic()
+                self._start_reading()
 
     def _write_ack(self, kind: bytes, mid: int) -> None:
         self._acks += kind
@@ -446,6 +469,17 @@ class Link:
     def pause(self) -> None:
         """Stop reading the socket; packets already read are still delivered."""
         self._paused = True
+        self._stop_reading()
+
+    def resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self._resumed_at = time.monotonic()
+        if not self._backlogged:
+            self._start_reading()
+
+    def _stop_reading(self) -> None:
         connection = self._client._connection
         if connection is None or connection.is_closing():
             return
@@ -456,11 +490,7 @@ class Link:
         # The StreamReader must not resume the transport when its buffer drains.
         connection._protocol._hard_reader._paused = False
 
-    def resume(self) -> None:
-        if not self._paused:
-            return
-        self._paused = False
-        self._resumed_at = time.monotonic()
+    def _start_reading(self) -> None:
         connection = self._client._connection
         if connection is None or connection.is_closing():
             return

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.mqtt import MqttSource
+from bridge.mqtt import MqttSource, _link
 from tests.mqtt.collector import Collector, Mode, settings_for
 from tests.support.mosquitto import Mosquitto, publish
 
@@ -138,3 +138,34 @@ async def test_flush_acks_sends_acks_of_just_completed_handlers_before_exit(
         await source.flush_acks()
         assert source.inflight == 0
     assert await _after_reconnect(mosquitto, "flushed") == []
+
+
+async def test_acks_go_in_receive_order_and_a_long_wait_for_the_oldest_stops_reading(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each PUBACK waits for those of the messages received before it. When UNACKED_LIMIT
+    messages wait behind one not stored yet (a broker past its Receive Maximum), the socket is
+    not read until half of them are acked."""
+    monkeypatch.setattr(_link, "UNACKED_LIMIT", 8)
+    collector = Collector("hold")
+    async with MqttSource(settings_for(mosquitto, "backlog"), collector) as source:
+        await source.wait_connected(10)
+        await source.set_subscriptions({TOPIC: 1})
+        payloads = [b"%03d" % n + b"x" * 4000 for n in range(40)]
+        await _publish(mosquitto, *payloads)
+        await collector.wait_count(8)
+        for future in collector.held[1:]:
+            future.set_result(None)  # all stored but the oldest: none may be acked yet
+        link = source._link
+        assert link is not None
+        assert link._backlogged
+        assert not link._client._connection._transport.is_reading()
+        assert len(collector.messages) < 40
+        collector.release()  # the oldest is stored: every ack goes, reading resumes
+        collector.mode = "done"
+        await collector.wait_count(40)
+        async with asyncio.timeout(10):
+            while source.inflight:  # noqa: ASYNC110 - a counter, no event to wait on
+                await asyncio.sleep(0.01)
+    assert [m.payload[:3] for m in collector.messages] == [b"%03d" % n for n in range(40)]
+    assert await _after_reconnect(mosquitto, "backlog") == []
