@@ -18,9 +18,10 @@ Values in `Change.before` / `Change.after` are JSON-ready, the same for every da
 
 import dataclasses
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 __all__ = [
+    "PART_CHANGES",
     "Change",
     "ChangeSink",
     "Op",
@@ -79,6 +80,12 @@ class Transaction:
     MariaDB: {"gtid": "0-1-11", ...}. `lsn`/`gtid` and `tx_id` also go into each record's
     `source` block; `commit_ts_ms` is the commit time (ms since the epoch), None when unknown.
     A transaction may have no changes (only a position to store: an idle source's heartbeat).
+
+    A transaction of more than PART_CHANGES changes is handed over in parts as it is read, so
+    memory holds one part, not the transaction: every part but the last has `complete` False,
+    and its position is never stored (the last part's is, once every part is stored). The parts'
+    `position` and `lsn` say which transaction they belong to; for PostgreSQL, whose end LSN
+    comes only with the commit, they hold the commit record's LSN (`final_lsn`) instead.
     """
 
     changes: Sequence[Change]
@@ -88,6 +95,11 @@ class Transaction:
     lsn: int | None = None
     gtid: str | None = None
     snapshot: bool = False
+    complete: bool = True
+
+
+PART_CHANGES: Final = 1000
+"""Changes per part of a large transaction (see `Transaction`)."""
 
 
 class ReaderError(Exception):

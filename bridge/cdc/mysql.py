@@ -61,6 +61,7 @@ from pymysqlreplication.row_event import (  # type: ignore[import-untyped]
 )
 
 from bridge.cdc._model import (
+    PART_CHANGES,
     Change,
     ChangeSink,
     Op,
@@ -832,6 +833,9 @@ class MysqlReader:
                 end = False
                 if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                     changes.extend(self._row_changes(event))
+                    if len(changes) >= PART_CHANGES and not start.contains(current):
+                        self._deliver(loop, sink, self._part(state, current, changes, event))
+                        changes = []
                 elif isinstance(event, XidEvent):
                     end = True
                 elif isinstance(event, QueryEvent):
@@ -876,6 +880,19 @@ class MysqlReader:
         if not self._stop.is_set():
             raise ReaderError(f"source {self.source.id}: the server ended the binlog stream")
         raise _Stopped
+
+    def _part(self, state: _GtidState, gtid: str, changes: list[Change], event: Any) -> Transaction:
+        """A part of a large transaction, handed over before its commit is read (its position,
+        the state with its GTID added, is stored only with the last part)."""
+        after = _GtidState(str(state), mariadb=self._mariadb)
+        after.add(gtid)
+        return Transaction(
+            changes=tuple(changes),
+            position={"gtid": str(after), "snapshot": "done"},
+            commit_ts_ms=int(event.timestamp) * 1000 if event.timestamp else None,
+            gtid=gtid,
+            complete=False,
+        )
 
     def _row_changes(self, event: Any) -> Iterable[Change]:
         table = self._tables.get((str(event.schema), str(event.table)))

@@ -41,6 +41,7 @@ from psycopg2 import sql
 
 from bridge.cdc import pgoutput
 from bridge.cdc._model import (
+    PART_CHANGES,
     Change,
     ChangeSink,
     PositionLost,
@@ -724,6 +725,13 @@ class PostgresReader:
                     relations[decoded.relation_id] = self._relation(decoded, tables)
                 else:
                     changes.extend(self._changes(decoded, relations))
+                    if (
+                        len(changes) >= PART_CHANGES
+                        and begin is not None
+                        and begin.final_lsn >= start_lsn  # not stored before (see Commit)
+                    ):
+                        await sink.deliver(_part(begin, changes))
+                        changes = []
         finally:
             for task in side:
                 task.cancel()
@@ -938,3 +946,16 @@ async def _poll(conn: Connection) -> None:
             await _wait_fd(loop, conn.fileno(), write=True)
         else:
             raise ReaderError(f"unexpected connection poll state {state}")
+
+
+def _part(begin: pgoutput.Begin, changes: list[Change]) -> Transaction:
+    """A part of a large transaction, handed over before its commit is read: it is known by its
+    commit record's LSN (`final_lsn`); its end LSN, the position to store, comes with the commit."""
+    return Transaction(
+        changes=changes,
+        position={"lsn": begin.final_lsn, "snapshot": "done"},
+        commit_ts_ms=pgoutput.pg_timestamp_to_ms(begin.commit_ts_us),
+        tx_id=begin.xid,
+        lsn=begin.final_lsn,
+        complete=False,
+    )

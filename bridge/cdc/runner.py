@@ -115,10 +115,12 @@ class SourceRunner:
         self._standby_retry = standby_retry
         self._commit_interval = commit_interval
         self._may_run = may_run
-        # Delivered transactions not yet committed, in delivery order: (stored?, position).
-        self._pending: collections.deque[tuple[Awaitable[None], Mapping[str, Any]]] = (
+        # Delivered transactions not yet committed, in delivery order: (stored?, position);
+        # the position is None for a part of a transaction that is not its last.
+        self._pending: collections.deque[tuple[Awaitable[None], Mapping[str, Any] | None]] = (
             collections.deque()
         )
+        self._parted = False  # the last transaction delivered was a part (more of it follows)
         self._wake = asyncio.Event()
         self._resnapshot = asyncio.Event()
         self._loaded = False
@@ -240,12 +242,15 @@ class SourceRunner:
             max_record_bytes=self.pipeline.max_record_bytes,
         )
         stored = self.pipeline.accept(outputs, time.monotonic())
-        self._pending.append((stored, transaction.position))
+        # A part of a large transaction stores no position: only its last part does.
+        self._pending.append((stored, transaction.position if transaction.complete else None))
         self.status.pending_transactions = len(self._pending)
         future = asyncio.ensure_future(stored)
         future.add_done_callback(lambda _: self._wake.set())
-        if transaction.changes:
+        parted, self._parted = self._parted, not transaction.complete
+        if transaction.complete and (transaction.changes or parted):
             self.status.transactions += 1
+        if transaction.changes:
             counts = self.status.changes
             for change in transaction.changes:
                 counts[change.op] = counts.get(change.op, 0) + 1
@@ -275,7 +280,9 @@ class SourceRunner:
         latest = None
         pending = self._pending
         while pending and _done(pending[0][0]):
-            latest = pending.popleft()[1]
+            position = pending.popleft()[1]
+            if position is not None:
+                latest = position
         self.status.pending_transactions = len(pending)
         return latest
 

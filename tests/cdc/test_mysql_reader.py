@@ -12,7 +12,14 @@ from typing import Any, Literal
 
 import pytest
 
-from bridge.cdc._model import Change, PositionLost, ReaderError, Standby, Transaction
+from bridge.cdc._model import (
+    PART_CHANGES,
+    Change,
+    PositionLost,
+    ReaderError,
+    Standby,
+    Transaction,
+)
 from bridge.cdc.config import Source
 from bridge.cdc.mysql import MysqlReader
 from tests.support.mariadb import MariadbServer
@@ -274,6 +281,45 @@ async def test_alter_table_between_changes(mariadb_server: MariadbServer, db: st
         ("c", None, {"id": 2, "note": [1]}),
         ("u", {"id": 1, "note": None}, {"id": 1, "note": {"k": 1}}),
     ]
+
+
+async def test_a_large_transaction_comes_in_parts_and_only_the_last_has_its_position(
+    mariadb_server: MariadbServer, db: str
+) -> None:
+    server = mariadb_server
+    server.execute("CREATE TABLE t (id INT PRIMARY KEY)", db)
+    source = make_source(server, db, ["t"])
+    sink = Sink()
+    reader = MysqlReader(source, heartbeat=HEARTBEAT)
+    rows = 5 * PART_CHANGES + 500
+    values = ",".join(f"({i})" for i in range(1, rows + 1))
+    async with running(reader, sink) as task:
+        await streaming(sink, task)
+        await sql(server, "INSERT INTO t VALUES (0)", db)
+        await sql(server, f"INSERT INTO t VALUES {values}", db)
+        await wait_for(lambda: len(sink.changes) == rows + 1, what="every row")
+    first = next(t for t in sink.transactions if t.changes)
+    parts = [t for t in sink.transactions if t.changes][1:]
+    assert sum(len(t.changes) for t in parts) == rows
+    assert [t.complete for t in parts] == [False] * (len(parts) - 1) + [True]
+    # A part is PART_CHANGES changes and the rest of the rows event that reached them (a rows
+    # event holds at most binlog_row_event_max_size, 8 KiB, of rows).
+    assert all(len(t.changes) < 3 * PART_CHANGES for t in parts)
+    assert len(parts) >= 3
+    assert {t.gtid for t in parts} == {parts[-1].gtid}
+    assert {str(t.position["gtid"]) for t in parts} == {str(parts[-1].position["gtid"])}
+    assert [c.after["id"] for c in sink.changes if c.after] == list(range(rows + 1))
+    # From the position before it, the whole transaction comes again; from its own, nothing.
+    for marker, start, expected in ((-1, first.position, rows), (-2, parts[-1].position, 0)):
+        again = Sink()
+        reader = MysqlReader(source, heartbeat=HEARTBEAT)
+        async with running(reader, again, start) as task:
+            await sql(server, f"INSERT INTO t VALUES ({marker})", db)
+            await wait_for(
+                lambda: marker in [c.after["id"] for c in again.changes if c.after],  # noqa: B023
+                what="the marker row",
+            )
+        assert len([c for c in again.changes if c.after and c.after["id"] > 0]) == expected
 
 
 async def test_resume_after_stop_repeats_nothing(mariadb_server: MariadbServer, db: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pytest
 
-from bridge.cdc._model import Change, PositionLost, ReaderError, Standby, Transaction
+from bridge.cdc._model import PART_CHANGES, Change, PositionLost, ReaderError, Standby, Transaction
 from bridge.cdc.config import Source, parse_source
 from bridge.cdc.postgres import PostgresReader, parse_lsn
 from tests.support import postgres as pgsupport
@@ -47,7 +47,7 @@ class ListSink:
         self.transactions.append(transaction)
         if self.hook is not None:
             await self.hook(transaction)
-        if self.auto_commit and self.reader is not None:
+        if self.auto_commit and self.reader is not None and transaction.complete:
             self.reader.committed(transaction.position)
 
     def set_state(self, state: Literal["snapshot", "streaming"]) -> None:
@@ -411,6 +411,40 @@ async def test_resume_from_committed_position(postgres_server: PostgresServer, d
         server.execute("INSERT INTO t VALUES (4)", db=db)
         await until(lambda: 4 in ids(sink2), "row 4")
     assert ids(sink2) == [3, 4]  # the uncommitted transaction repeats, committed ones do not
+
+
+async def test_a_large_transaction_comes_in_parts_and_only_the_last_has_its_position(
+    postgres_server: PostgresServer, db: str
+) -> None:
+    server = postgres_server
+    sql_as_cdc(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
+    source = make_source(server, db, ["public.t"], snapshot="never")
+    reader = PostgresReader(source, feedback_interval=0.2)
+    sink = ListSink(reader, auto_commit=False)
+    rows = 2 * PART_CHANGES + 500
+    async with running(reader, sink):
+        server.execute("INSERT INTO t VALUES (0)", db=db)
+        server.execute(f"INSERT INTO t SELECT generate_series(1, {rows})", db=db)
+        await until(lambda: len(ids(sink)) == rows + 1, "every row")
+    first, *parts = sink.streamed()
+    assert [(len(t.changes), t.complete) for t in parts] == [
+        (PART_CHANGES, False),
+        (PART_CHANGES, False),
+        (500, True),
+    ]
+    assert ids(sink) == list(range(rows + 1))
+    assert len({t.tx_id for t in parts}) == 1
+    last = parts[-1]
+    assert last.position["lsn"] == last.lsn
+    assert all(p.lsn == p.position["lsn"] < (last.lsn or 0) for p in parts[:-1])
+    # From the position before it, the whole transaction comes again; from its own, nothing.
+    for marker, start, expected in ((-1, first.position, rows), (-2, last.position, 0)):
+        again = PostgresReader(source, feedback_interval=0.2)
+        sink2 = ListSink(again, auto_commit=False)
+        async with running(again, sink2, dict(start)):
+            server.execute(f"INSERT INTO t VALUES ({marker})", db=db)
+            await until(lambda: marker in ids(sink2), "the marker row")  # noqa: B023
+        assert len([i for i in ids(sink2) if i > 0]) == expected
 
 
 async def test_server_restart_does_not_replay(postgres_server: PostgresServer, db: str) -> None:

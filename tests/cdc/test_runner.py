@@ -105,6 +105,26 @@ async def test_a_position_is_committed_only_when_it_and_everything_before_is_sto
         await r.stop()
 
 
+async def test_the_parts_of_a_large_transaction_commit_no_position_only_its_last_part() -> None:
+    part = Transaction((), {"lsn": 2, "snapshot": "done"}, lsn=2, complete=False)
+    reader, pipeline, positions = Reader([at(1), part, part, at(3)]), Pipeline(), Positions()
+    r = runner(reader, pipeline, positions)
+    r.start()
+    try:
+        await wait_until(lambda: len(pipeline.stored) == 4, 5, "four deliveries")
+        for stored in pipeline.stored[:3]:
+            stored.set_result(None)
+        await wait_until(lambda: positions.saved == [{"lsn": 1, "snapshot": "done"}], 5)
+        await asyncio.sleep(0.05)  # the committer had its chance: the parts commit nothing
+        assert positions.saved == [{"lsn": 1, "snapshot": "done"}]
+        assert r.status.transactions == 1  # the parted one, once (at(1) has no changes)
+        pipeline.stored[3].set_result(None)
+        await wait_until(lambda: positions.saved[-1:] == [{"lsn": 3, "snapshot": "done"}], 5)
+        assert [p["lsn"] for p in reader.committed_positions] == [1, 3]
+    finally:
+        await r.stop()
+
+
 async def test_the_reader_hears_of_a_position_only_after_it_is_saved() -> None:
     reader, pipeline, positions = Reader([at(1)]), Pipeline(), Positions(failures=3)
     r = runner(reader, pipeline, positions)
