@@ -258,6 +258,9 @@ class SourceRunner:
         if self.status.error is not None:
             self.status.error = None
             self.status.setting = None
+        # A reader with changes waiting reads on without suspending while the budget has room;
+        # yield once per transaction, so appends, commits and MQTT intake run in between.
+        await asyncio.sleep(0)
 
     def set_state(self, state: Literal["snapshot", "streaming"]) -> None:
         self.status.state = state

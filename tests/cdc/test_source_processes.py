@@ -78,16 +78,19 @@ async def _committed(url: str, positions: str) -> int:
     return _position_order(data.get("position"))
 
 
-def _transactions(bridge: BridgeProcess) -> int:
-    """Transactions with changes the replica's source has handed to its pipeline."""
+def _status(bridge: BridgeProcess) -> dict[str, Any]:
+    """The replica's source status (transactions: those with changes handed to its pipeline)."""
     response = httpx.get(f"{bridge.api_url}/sources", timeout=5)
-    return int(response.json()[0]["status"]["transactions"])
+    status: dict[str, Any] = response.json()[0]["status"]
+    return status
+
+
+def _transactions(bridge: BridgeProcess) -> int:
+    return int(_status(bridge)["transactions"])
 
 
 def _done_committing(bridge: BridgeProcess) -> bool:
-    response = httpx.get(f"{bridge.api_url}/sources", timeout=5)
-    status = response.json()[0]["status"]
-    return bool(status["pending_transactions"] == 0)
+    return bool(_status(bridge)["pending_transactions"] == 0)
 
 
 async def _bridge(
@@ -131,11 +134,24 @@ async def test_kill_9_of_the_running_replica_the_standby_takes_over_with_no_lost
             # Appends of the changes held before the store, positions not: the first replica
             # reads on, its records stay in flight, and it must commit none of them.
             delivered = _transactions(first)
-            proxy.hold("Append", stream=stream, before=True)
+            hold = proxy.hold("Append", stream=stream, before=True)
             writer = asyncio.create_task(asyncio.to_thread(_write, database, WRITES // 2, WRITES))
-            await wait_until(
-                lambda: _transactions(first) >= delivered + 50, 20, "changes read while held"
-            )
+            await hold.wait(1, timeout=20)  # the change appends are held, not just slow
+            stored_then = max(map(_order, changes(await read_stream(store.url, stream))))
+
+            def read_on() -> bool:
+                """50 more transactions read, and either held uncommitted (as they must be) or
+                (a bug) a position saved past what is stored: the kill tests either."""
+                status = _status(first)
+                committed = _position_order(status["committed_position"])
+                return status["transactions"] >= delivered + 50 and (
+                    status["pending_transactions"] >= 50 or committed > stored_then
+                )
+
+            await wait_until(read_on, 20, "changes read while held")
+            # The runner commits every 0.1 s: three rounds, so that a runner which would commit
+            # a position whose records are held has done it before the kill.
+            await asyncio.sleep(0.3)
             first.kill()
             killed = time.monotonic()
             # The promise at the instant of the kill: every change up to the committed position
