@@ -9,7 +9,7 @@
 #
 # Usage: scripts/mutants.sh [pytest arguments selecting tests]
 #   default selection: tests/faults tests/test_sender.py tests/test_service_recovery.py
-#                      tests/test_cli.py
+#                      tests/test_cli.py tests/cdc/test_source_processes.py
 # Environment: MUTANTS=name,name (only these), MUTANT_LOGS=dir (pytest logs; default a temp dir),
 #              PYTHON (default <repo>/.venv/bin/python).
 set -euo pipefail
@@ -20,7 +20,8 @@ patches_dir=$repo/tests/faults/mutants
 if (($# > 0)); then
     tests=("$@")
 else
-    tests=(tests/faults tests/test_sender.py tests/test_service_recovery.py tests/test_cli.py)
+    tests=(tests/faults tests/test_sender.py tests/test_service_recovery.py tests/test_cli.py
+        tests/cdc/test_source_processes.py)
 fi
 logs=${MUTANT_LOGS:-$(mktemp -d /tmp/mutant-logs.XXXXXX)}
 mkdir -p "$logs"
