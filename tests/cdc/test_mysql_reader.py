@@ -130,6 +130,12 @@ def db(mariadb_server: MariadbServer) -> str:
     return name
 
 
+def table_t(server: MariadbServer, db: str) -> Source:
+    """A table `t (id INT PRIMARY KEY)` and a source on it (no snapshot)."""
+    server.execute("CREATE TABLE t (id INT PRIMARY KEY)", db)
+    return make_source(server, db, ["t"])
+
+
 async def sql(server: MariadbServer, statement: str, db: str | None = None) -> None:
     await asyncio.to_thread(server.execute, statement, db)
 
@@ -287,8 +293,7 @@ async def test_a_large_transaction_comes_in_parts_and_only_the_last_has_its_posi
     mariadb_server: MariadbServer, db: str
 ) -> None:
     server = mariadb_server
-    server.execute("CREATE TABLE t (id INT PRIMARY KEY)", db)
-    source = make_source(server, db, ["t"])
+    source = table_t(server, db)
     sink = Sink()
     reader = MysqlReader(source, heartbeat=HEARTBEAT)
     rows = 5 * PART_CHANGES + 500
@@ -324,8 +329,7 @@ async def test_a_large_transaction_comes_in_parts_and_only_the_last_has_its_posi
 
 async def test_resume_after_stop_repeats_nothing(mariadb_server: MariadbServer, db: str) -> None:
     server = mariadb_server
-    server.execute("CREATE TABLE t (id INT PRIMARY KEY)", db)
-    source = make_source(server, db, ["t"])
+    source = table_t(server, db)
     sink = Sink()
     reader = MysqlReader(source, heartbeat=HEARTBEAT)
     async with running(reader, sink) as task:
@@ -351,8 +355,7 @@ async def test_second_reader_is_standby_until_the_first_stops(
     mariadb_server: MariadbServer, db: str
 ) -> None:
     server = mariadb_server
-    server.execute("CREATE TABLE t (id INT PRIMARY KEY)", db)
-    source = make_source(server, db, ["t"])
+    source = table_t(server, db)
     first, second = Sink(), Sink()
     async with running(MysqlReader(source, heartbeat=HEARTBEAT), first) as task:
         await streaming(first, task)
@@ -423,8 +426,7 @@ async def test_missing_grants(mariadb_server: MariadbServer, db: str) -> None:
 
 async def test_purged_binlog_is_position_lost(mariadb_server: MariadbServer, db: str) -> None:
     server = mariadb_server
-    server.execute("CREATE TABLE t (id INT PRIMARY KEY)", db)
-    source = make_source(server, db, ["t"])
+    source = table_t(server, db)
     sink = Sink()
     async with running(MysqlReader(source, heartbeat=HEARTBEAT), sink) as task:
         await streaming(sink, task)

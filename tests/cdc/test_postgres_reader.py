@@ -127,6 +127,12 @@ def sql_as_cdc(server: PostgresServer, db: str, statement: str) -> None:
     server.run_as(statement, db=db)
 
 
+def table_t(server: PostgresServer, db: str) -> Source:
+    """A table `t (id int PRIMARY KEY)` and a source on it that streams (no snapshot)."""
+    sql_as_cdc(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
+    return make_source(server, db, ["public.t"], snapshot="never")
+
+
 def slot_row(server: PostgresServer, db: str) -> tuple[Any, ...] | None:
     rows = server.execute(
         "SELECT active, active_pid, confirmed_flush_lsn::text FROM pg_replication_slots"
@@ -384,8 +390,7 @@ def ids(sink: ListSink) -> list[int]:
 
 async def test_resume_from_committed_position(postgres_server: PostgresServer, db: str) -> None:
     server = postgres_server
-    sql_as_cdc(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
-    source = make_source(server, db, ["public.t"], snapshot="never")
+    source = table_t(server, db)
     reader = PostgresReader(source, feedback_interval=0.2)
     sink = ListSink(reader, auto_commit=False)
     async with running(reader, sink):
@@ -417,8 +422,7 @@ async def test_a_large_transaction_comes_in_parts_and_only_the_last_has_its_posi
     postgres_server: PostgresServer, db: str
 ) -> None:
     server = postgres_server
-    sql_as_cdc(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
-    source = make_source(server, db, ["public.t"], snapshot="never")
+    source = table_t(server, db)
     reader = PostgresReader(source, feedback_interval=0.2)
     sink = ListSink(reader, auto_commit=False)
     rows = 2 * PART_CHANGES + 500
@@ -449,8 +453,7 @@ async def test_a_large_transaction_comes_in_parts_and_only_the_last_has_its_posi
 
 async def test_server_restart_does_not_replay(postgres_server: PostgresServer, db: str) -> None:
     server = postgres_server
-    sql_as_cdc(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
-    source = make_source(server, db, ["public.t"], snapshot="never")
+    source = table_t(server, db)
     reader = PostgresReader(source, feedback_interval=0.2)
     sink = ListSink(reader)
     async with running(reader, sink):
@@ -473,8 +476,7 @@ async def test_server_crash_is_an_outage_then_resumes(
     postgres_server: PostgresServer, db: str
 ) -> None:
     server = postgres_server
-    sql_as_cdc(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
-    source = make_source(server, db, ["public.t"], snapshot="never")
+    source = table_t(server, db)
     reader = PostgresReader(source, feedback_interval=0.2)
     sink = ListSink(reader)
     task = asyncio.create_task(reader.run(None, sink))
@@ -506,8 +508,7 @@ async def test_server_crash_is_an_outage_then_resumes(
 
 async def test_slot_gone_is_position_lost(postgres_server: PostgresServer, db: str) -> None:
     server = postgres_server
-    sql_as_cdc(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
-    source = make_source(server, db, ["public.t"], snapshot="never")
+    source = table_t(server, db)
     reader = PostgresReader(source)
     sink = ListSink(reader)
     async with running(reader, sink):
@@ -545,8 +546,7 @@ async def test_second_reader_is_standby_until_first_stops(
     postgres_server: PostgresServer, db: str
 ) -> None:
     server = postgres_server
-    sql_as_cdc(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
-    source = make_source(server, db, ["public.t"], snapshot="never")
+    source = table_t(server, db)
     first = PostgresReader(source)
     second = PostgresReader(source)
     sink2 = ListSink(second)
