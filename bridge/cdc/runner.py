@@ -121,6 +121,7 @@ class SourceRunner:
             collections.deque()
         )
         self._parted = False  # the last transaction delivered was a part (more of it follows)
+        self._generation = 0  # counts the times `_pending` was emptied for a new reader
         self._wake = asyncio.Event()
         self._resnapshot = asyncio.Event()
         self._loaded = False
@@ -192,6 +193,7 @@ class SourceRunner:
                 await asyncio.sleep(self._standby_retry)
                 continue
             self._pending.clear()  # what was delivered and not committed is read again
+            self._generation += 1
             self.status.pending_transactions = 0
             self._reading = asyncio.create_task(
                 self.reader.run(self.status.committed, self),
@@ -278,21 +280,23 @@ class SourceRunner:
 
     # --- commits ------------------------------------------------------------------------------
 
-    def _stored_prefix(self) -> Mapping[str, Any] | None:
-        """Pop the stored head of the pending queue; the last position popped, if any."""
-        latest = None
-        pending = self._pending
-        while pending and _done(pending[0][0]):
-            position = pending.popleft()[1]
+    def _stored_prefix(self) -> tuple[int, Mapping[str, Any] | None]:
+        """How many transactions at the head of the pending queue are stored, and the last
+        position among them (None when they are only parts of a transaction)."""
+        count, latest = 0, None
+        for stored, position in self._pending:
+            if not _done(stored):
+                break
+            count += 1
             if position is not None:
                 latest = position
-        self.status.pending_transactions = len(pending)
-        return latest
+        return count, latest
 
     async def _commit_stored(self) -> None:
-        position = self._stored_prefix()
+        count, position = self._stored_prefix()
         if position is None:
             return
+        generation = self._generation
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
@@ -301,6 +305,12 @@ class SourceRunner:
             except HStreamError as exc:  # an outage: the position waits, nothing is lost
                 logger.warning("source %s: position not stored yet: %s", self.source.id, exc)
                 await asyncio.sleep(backoff.next())
+        # Only now are they committed: until then they count as pending in the status (unless
+        # a new reader emptied the queue meanwhile: what is in it now is its own).
+        if generation == self._generation:
+            for _ in range(count):
+                self._pending.popleft()
+        self.status.pending_transactions = len(self._pending)
         self.status.committed = position
         self.status.committed_at = time.time()
         self._last_save = time.monotonic()

@@ -139,6 +139,23 @@ async def test_the_reader_hears_of_a_position_only_after_it_is_saved() -> None:
         await r.stop()
 
 
+async def test_a_transaction_stays_pending_until_its_position_is_saved() -> None:
+    reader, pipeline, positions = Reader([at(1)]), Pipeline(), Positions(failures=1_000)
+    r = runner(reader, pipeline, positions)
+    r.start()
+    try:
+        await wait_until(lambda: len(pipeline.stored) == 1, 5)
+        pipeline.stored[0].set_result(None)
+        await wait_until(lambda: positions.failures < 999, 5, "a save tried and failed")
+        assert r.status.pending_transactions == 1  # stored, not committed: HStreamDB is down
+        assert r.status.committed is None
+        positions.failures = 0
+        await wait_until(lambda: r.status.pending_transactions == 0, 10, "the commit")
+        assert r.status.committed == {"lsn": 1, "snapshot": "done"}
+    finally:
+        await r.stop()
+
+
 async def test_after_standby_and_an_error_the_reader_runs_from_the_committed_position() -> None:
     positions = Positions()
     positions.saved.append({"lsn": 7, "snapshot": "done"})
