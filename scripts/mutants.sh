@@ -91,7 +91,7 @@ run_mutant() {
     ) >"$log" 2>&1 || rc=$?
 
     local first
-    first=$(grep -m1 -E '^(FAILED|ERROR) ' "$log" | awk '{print $2}' || true)
+    first=$(grep -m1 -E '^(FAILED|ERROR) [^ ]*::' "$log" | awk '{print $2}' || true)
     case $rc in
         0) record "$name" SURVIVED "" ;;
         1) record "$name" KILLED "${first:-(see $log)}" ;;
