@@ -313,7 +313,7 @@ class Link:
         """A PUBLISH with no MQTT 5 properties, parsed here; any other goes to gmqtt's parser
         (properties, topic aliases, a topic that is not UTF-8), which calls the same hooks."""
         qos = (cmd >> 1) & 3
-        end = 2 + (packet[0] << 8 | packet[1])
+        end = topic_end = 2 + (packet[0] << 8 | packet[1])
         mid = 0
         if qos:
             mid = packet[end] << 8 | packet[end + 1]
@@ -324,7 +324,7 @@ class Link:
                 return
             end += 1
         try:
-            topic = packet[2 : 2 + (packet[0] << 8 | packet[1])].decode()
+            topic = packet[2:topic_end].decode()
         except UnicodeDecodeError:
             topic = ""
         if not topic:
