@@ -21,19 +21,17 @@ def invalid(errors: list[dict[str, Any]], body: object) -> RequestValidationErro
     return RequestValidationError(errors, body=body)
 
 
+def field_invalid(
+    kind: str, field: str, msg: str, given: object, body: object
+) -> RequestValidationError:
+    """One error (`kind`) located at the body's `field`: a 422 naming that field."""
+    return invalid([{"type": kind, "loc": ("body", field), "msg": msg, "input": given}], body)
+
+
 def id_mismatch(given: object, path_id: str, body: object) -> RequestValidationError:
     """A PUT whose body names another id than its path (422 naming `id`)."""
-    return invalid(
-        [
-            {
-                "type": "id_mismatch",
-                "loc": ("body", "id"),
-                "msg": f"id {given!r} does not match the id in the path {path_id!r}",
-                "input": given,
-            }
-        ],
-        body,
-    )
+    msg = f"id {given!r} does not match the id in the path {path_id!r}"
+    return field_invalid("id_mismatch", "id", msg, given, body)
 
 
 def body_invalid(exc: ValidationError, body: object) -> RequestValidationError:

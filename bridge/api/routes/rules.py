@@ -23,7 +23,7 @@ from bridge.api.models import (
     rule_replacement_schema,
 )
 from bridge.api.protocol import RuleConflict, RuleMissing
-from bridge.api.routes._shared import UNDECODABLE, body_invalid, id_mismatch, invalid
+from bridge.api.routes._shared import UNDECODABLE, body_invalid, field_invalid, id_mismatch
 from bridge.api.versions import RESPONSES as VERSION_RESPONSES
 from bridge.api.versions import IfMatch, config_error, parse_if_match, set_etag
 from bridge.config import ConfigConflict, PreconditionFailed
@@ -195,17 +195,8 @@ async def test_rules(message: DryRunRequest, bridge: BridgeDep) -> DryRunResult:
     except (ValueError, ArithmeticError, RecursionError) as exc:
         # The router dead-letters what it knows is unstorable; anything else it trips over
         # (a JSON number too large for a double, nesting too deep) is the payload's fault.
-        raise invalid(
-            [
-                {
-                    "type": "payload_unroutable",
-                    "loc": ("body", "payload"),
-                    "msg": f"the payload cannot be routed: {type(exc).__name__}: {exc}",
-                    "input": None,
-                }
-            ],
-            None,
-        ) from None
+        msg = f"the payload cannot be routed: {type(exc).__name__}: {exc}"
+        raise field_invalid("payload_unroutable", "payload", msg, None, None) from None
     return DryRunResult.from_outputs(outputs)
 
 
