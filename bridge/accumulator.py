@@ -22,10 +22,12 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.hstream.records import framed_size
 from bridge.hstream.shards import ShardMap
+
+_T = TypeVar("_T")
 
 
 class Settles(Protocol):
@@ -37,25 +39,28 @@ class Settles(Protocol):
 class Delivery:
     """Counts the records made from one message; done when all are stored.
 
-    The MQTT source is told through `then` (a plain callback, called as the last record is
-    stored); `wait()` makes a future for those who await it (CDC sources, tests). Only what
-    is asked for is made: a future and its scheduled callback per message were a fifth of the
-    bridge's allocations on the hot path."""
+    The MQTT source is told through `then` (its connection's callback and the message's
+    ticket, called as the last record is stored); `wait()` makes a future for those who await
+    it (CDC sources, tests). Only what is asked for is made: a future and its scheduled
+    callback per message were a fifth of the bridge's allocations on the hot path, and every
+    object per message in flight is one more for each pass of the cyclic collector to walk.
+    """
 
-    __slots__ = ("_callback", "_future", "_loop", "_remaining")
+    __slots__ = ("_arg", "_callback", "_future", "_loop", "_remaining")
 
     def __init__(self, records: int, loop: asyncio.AbstractEventLoop) -> None:
         self._remaining = records
         self._loop = loop
         self._future: asyncio.Future[None] | None = None
-        self._callback: Callable[[], None] | None = None
+        self._callback: Callable[[Any], None] | None = None
+        self._arg: object = None
 
     def record_done(self) -> None:
         self._remaining -= 1
         if self._remaining == 0:
             if self._callback is not None:
                 callback, self._callback = self._callback, None
-                callback()
+                callback(self._arg)
             if self._future is not None and not self._future.done():
                 self._future.set_result(None)
 
@@ -63,12 +68,13 @@ class Delivery:
     def done(self) -> bool:
         return self._remaining <= 0
 
-    def then(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once every record is stored (now, if they are); one callback."""
+    def then(self, callback: Callable[[_T], None], arg: _T) -> None:
+        """Call `callback(arg)` once every record is stored (now, if they are); one callback."""
         if self._remaining <= 0:
-            callback()
+            callback(arg)
         else:
             self._callback = callback
+            self._arg = arg
 
     def wait(self) -> asyncio.Future[None]:
         if self._future is None:

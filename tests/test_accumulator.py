@@ -221,15 +221,17 @@ async def test_delivery_calls_back_once_as_its_last_record_is_stored() -> None:
     calls: list[str] = []
     delivery = Delivery(2, loop)
     waiting = delivery.wait()
-    delivery.then(lambda: calls.append("then"))
+    delivery.then(calls.append, "then")
     delivery.record_done()
     assert calls == []
     assert not waiting.done()
     delivery.record_done()
     assert calls == ["then"]  # at once, not on a later loop iteration
     assert waiting.done()
+    delivery.record_done()  # a record settled again (never expected) calls nobody twice
+    assert calls == ["then"]
     done = Delivery(0, loop)
-    done.then(lambda: calls.append("already"))
+    done.then(calls.append, "already")
     assert calls == ["then", "already"]
     assert done.wait().done()
 

@@ -73,16 +73,13 @@ PublishCallback = Callable[["Link", int | None, int, str, bytes, Mapping[str, An
 The ticket is what `Link.ack` takes: the message's place in the connection's receive order."""
 
 
-class _Unacked:
-    """A QoS 1/2 PUBLISH handed over and not acknowledged yet (`done`: its ack may go once
-    every one before it has gone)."""
-
-    __slots__ = ("done", "mid", "qos")
-
-    def __init__(self, mid: int, qos: int) -> None:
-        self.mid = mid
-        self.qos = qos
-        self.done = False
+# A QoS 1/2 PUBLISH handed over and not acknowledged yet is one int in `Link._unacked`: its packet
+# id, `_QOS2` for QoS 2, and `_DONE` once its ack may go (when every one before it has gone). An
+# int is not tracked by the cyclic collector; an object per message in flight was (tens of
+# thousands of them, traversed by every collection).
+_QOS2 = 1 << 16
+_DONE = 1 << 17
+_MID = 0xFFFF
 
 
 async def _no_reconnect(*args: object, **kwargs: object) -> None:
@@ -103,6 +100,9 @@ class Link:
         self._ssl = ssl_context
         self._on_publish = on_publish
         self._on_lost = on_lost
+        # What a handed-over message's owner calls with its ticket once it is stored: one
+        # callable per connection, so nothing is made per message (its owner may replace it).
+        self.settled: Callable[[int | None], None] = self._ack_ticket
         properties: dict[str, int] = {}
         if settings.protocol == 5:
             properties = {
@@ -153,7 +153,7 @@ class Link:
         # released yet. A PUBLISH that comes again with DUP set and one of these ids (a broker
         # re-sending on a live connection, as EMQX does with retry_interval) is the same
         # message: it is not handed over a second time.
-        self._unacked: deque[_Unacked] = deque()
+        self._unacked: deque[int] = deque()
         self._first_ticket = 0
         self._in_flight: dict[int, int] = {}
         self._received: set[int] = set()
@@ -380,7 +380,7 @@ class Link:
     def _hand_over(self, mid: int, qos: int) -> int:
         """Queue a message for its in-order ack; its ticket."""
         unacked = self._unacked
-        unacked.append(_Unacked(mid, qos))
+        unacked.append(mid | _QOS2 if qos == 2 else mid)
         self._in_flight[mid] = self._in_flight.get(mid, 0) + 1
         if len(unacked) >= UNACKED_LIMIT and not self._backlogged:
             # A broker that ignores the Receive Maximum, behind a message that is not stored
@@ -399,6 +399,10 @@ class Link:
             self._received.discard(int.from_bytes(packet[:2], "big"))
         self._gmqtt_pubrel(cmd, packet)
 
+    def _ack_ticket(self, ticket: int | None) -> None:
+        if ticket is not None:
+            self.ack(ticket)
+
     def ack(self, ticket: int) -> None:
         """The message `ticket` may be acknowledged: its PUBACK (QoS 1) or PUBREC (QoS 2) is
         written, with the others of this loop iteration, once those of every message received
@@ -406,20 +410,20 @@ class Link:
         index = ticket - self._first_ticket
         if self._lost or not 0 <= index < len(self._unacked):
             return  # gone with its connection, or acknowledged already
-        self._unacked[index].done = True
+        self._unacked[index] |= _DONE
         if index:
             return  # waits for the ones before it
         unacked, in_flight = self._unacked, self._in_flight
-        while unacked and unacked[0].done:
+        while unacked and unacked[0] & _DONE:
             head = unacked.popleft()
             self._first_ticket += 1
-            mid = head.mid
+            mid = head & _MID
             left = in_flight[mid] - 1
             if left:
                 in_flight[mid] = left
             else:
                 del in_flight[mid]
-            if head.qos == 2:
+            if head & _QOS2:
                 self._received.add(mid)
                 self._write_ack(_PUBREC, mid)
             else:

@@ -240,6 +240,7 @@ class MqttSource:
         first = True
         while not self._closing:
             link = Link(self.settings, self._ssl, self._on_publish, self._on_lost)
+            link.settled = partial(self._settled, link)
             failure: BaseException | None = None
             try:
                 await link.connect()
@@ -440,9 +441,9 @@ class MqttSource:
                 link.ack(ticket)
             return
         then = getattr(result, "then", None)
-        if then is not None:  # a Settling: no future, no scheduled callback
+        if then is not None:  # a Settling: no future, no scheduled callback, no closure
             self._inflight += 1
-            then(partial(self._settled, link, ticket))
+            then(link.settled, ticket)
             return
         if isinstance(result, asyncio.Future) and result.done():
             self._settle(link, ticket, message.topic, result)
@@ -454,6 +455,7 @@ class MqttSource:
         future.add_done_callback(partial(self._settle_later, link, ticket, message.topic))
 
     def _settled(self, link: Link, ticket: int | None) -> None:
+        """A message of `link` is stored (through `link.settled`, one partial per connection)."""
         self._inflight -= 1
         if ticket is not None:
             link.ack(ticket)

@@ -1,6 +1,7 @@
 """MqttSource acks a message only after the handler's awaitable completes successfully."""
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.accumulator import Delivery
 from bridge.mqtt import MqttSource, _link
 from tests.mqtt.collector import Collector, Mode, settings_for
 from tests.support.mosquitto import Mosquitto, publish
@@ -172,3 +174,40 @@ async def test_acks_go_in_receive_order_and_a_long_wait_for_the_oldest_stops_rea
         assert (link._first_ticket, len(link._unacked), link._backlogged) == (40, 0, False)
         assert link._client._connection._transport.is_reading()
     assert [m.payload[:3] for m in collector.messages] == [b"%03d" % n for n in range(40)]
+
+
+async def test_a_held_message_costs_the_source_no_object_for_the_cyclic_collector(
+    mosquitto: Mosquitto,
+) -> None:
+    """Every object kept per message in flight is walked by each pass of the cyclic
+    collector; with tens of thousands in flight that was a sixth of the bridge's CPU (a
+    partial, its bound method and arguments, and an ack-order entry per message). The link
+    and source keep ints and one callable per connection instead."""
+    count = 400
+    deliveries = [Delivery(1, asyncio.get_running_loop()) for _ in range(count + 1)]
+    received: list[int] = []
+
+    def handler(message: object) -> Delivery:
+        received.append(0)  # ints: nothing for the collector
+        return deliveries[len(received) - 1]
+
+    async with MqttSource(settings_for(mosquitto, "gc-count"), handler) as source:
+        await source.wait_connected(10)
+        await source.set_subscriptions({TOPIC: 1})
+        await _publish(mosquitto, b"warm-up")
+        async with asyncio.timeout(10):
+            while not received:  # noqa: ASYNC110 - a list, no event to wait on
+                await asyncio.sleep(0.01)
+        gc.collect()
+        before = len(gc.get_objects())
+        await _publish(mosquitto, *[b"m%d" % i for i in range(count)])
+        async with asyncio.timeout(20):
+            while len(received) < count + 1:  # noqa: ASYNC110 - a list, no event to wait on
+                await asyncio.sleep(0.01)
+        gc.collect()
+        kept = len(gc.get_objects()) - before
+        assert source.inflight == count + 1  # all held, none acknowledged
+        assert kept < count // 4, f"{kept} objects kept for {count} messages in flight"
+        for delivery in deliveries:
+            delivery.record_done()
+        assert source.inflight == 0
