@@ -32,7 +32,6 @@ import logging
 import math
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +79,8 @@ The ticket is what `Link.ack` takes: the message's place in the connection's rec
 _QOS2 = 1 << 16
 _DONE = 1 << 17
 _MID = 0xFFFF
+# Acked entries at the front of `Link._unacked` are cut off once there are this many.
+_COMPACT_AT = 4096
 
 
 async def _no_reconnect(*args: object, **kwargs: object) -> None:
@@ -148,13 +149,16 @@ class Link:
         self._resumed_at = 0.0
         self._keepalive_task: asyncio.Task[None] | None = None
         # This connection's QoS 1/2 PUBLISHes handed over and not acknowledged yet, in the
-        # order they came: the head's ticket is `_first_ticket`. `_in_flight` counts them per
+        # order they came: `_unacked[_head:]`; the entry of ticket t is `_unacked[t - _base]`
+        # (a list, not a deque: acks come in any order, and a deque's index walks its blocks).
+        # Acked entries before `_head` are cut off in bulk. `_in_flight` counts them per
         # packet id; `_received` holds the ids of QoS 2 ones acknowledged with PUBREC and not
         # released yet. A PUBLISH that comes again with DUP set and one of these ids (a broker
         # re-sending on a live connection, as EMQX does with retry_interval) is the same
         # message: it is not handed over a second time.
-        self._unacked: deque[int] = deque()
-        self._first_ticket = 0
+        self._unacked: list[int] = []
+        self._base = 0
+        self._head = 0
         self._in_flight: dict[int, int] = {}
         self._received: set[int] = set()
         # Set while UNACKED_LIMIT messages wait for their acks: the socket is not read (the
@@ -382,17 +386,27 @@ class Link:
         unacked = self._unacked
         unacked.append(mid | _QOS2 if qos == 2 else mid)
         self._in_flight[mid] = self._in_flight.get(mid, 0) + 1
-        if len(unacked) >= UNACKED_LIMIT and not self._backlogged:
+        if len(unacked) - self._head >= UNACKED_LIMIT and not self._backlogged:
             # A broker that ignores the Receive Maximum, behind a message that is not stored
             # yet: stored messages free the byte budget but not their place in the ack order.
             log.warning(
                 "%d messages wait for their acks (the oldest is not stored yet, and the broker "
                 "sends past the Receive Maximum): not reading until half of them are acked",
-                len(unacked),
+                len(unacked) - self._head,
             )
             self._backlogged = True
             self._stop_reading()
-        return self._first_ticket + len(unacked) - 1
+        return self._base + len(unacked) - 1
+
+    @property
+    def waiting_acks(self) -> int:
+        """Messages handed over whose acks have not gone yet."""
+        return len(self._unacked) - self._head
+
+    @property
+    def first_ticket(self) -> int:
+        """The ticket of the oldest message whose ack has not gone (the next one's if none)."""
+        return self._base + self._head
 
     def _on_pubrel(self, cmd: int, packet: bytes) -> None:
         if len(packet) >= 2:
@@ -407,28 +421,38 @@ class Link:
         """The message `ticket` may be acknowledged: its PUBACK (QoS 1) or PUBREC (QoS 2) is
         written, with the others of this loop iteration, once those of every message received
         before it are. Dropped when the connection is gone: the broker redelivers on the next."""
-        index = ticket - self._first_ticket
-        if self._lost or not 0 <= index < len(self._unacked):
+        unacked, head = self._unacked, self._head
+        index = ticket - self._base
+        if self._lost or not head <= index < len(unacked):
             return  # gone with its connection, or acknowledged already
-        self._unacked[index] |= _DONE
-        if index:
+        unacked[index] |= _DONE
+        if index != head:
             return  # waits for the ones before it
-        unacked, in_flight = self._unacked, self._in_flight
-        while unacked and unacked[0] & _DONE:
-            head = unacked.popleft()
-            self._first_ticket += 1
-            mid = head & _MID
+        in_flight, end = self._in_flight, len(unacked)
+        while head < end and unacked[head] & _DONE:
+            entry = unacked[head]
+            head += 1
+            mid = entry & _MID
             left = in_flight[mid] - 1
             if left:
                 in_flight[mid] = left
             else:
                 del in_flight[mid]
-            if head & _QOS2:
+            if entry & _QOS2:
                 self._received.add(mid)
                 self._write_ack(_PUBREC, mid)
             else:
                 self._write_ack(_PUBACK, mid)
-        if self._backlogged and len(unacked) <= UNACKED_LIMIT // 2:
+        if head == end:  # all acked (the usual case): start over
+            unacked.clear()
+            self._base += head
+            head = 0
+        elif head >= _COMPACT_AT:
+            del unacked[:head]
+            self._base += head
+            head = 0
+        self._head = head
+        if self._backlogged and len(unacked) - head <= UNACKED_LIMIT // 2:
             self._backlogged = False
             if not self._paused:
                 self._resumed_at = time.monotonic()

@@ -171,7 +171,7 @@ async def test_acks_go_in_receive_order_and_a_long_wait_for_the_oldest_stops_rea
                 await asyncio.sleep(0.01)
         # Every ack written, in order (whether the broker reads them before a reconnect with
         # the same client id replaces this connection is the broker's race, not checked here).
-        assert (link._first_ticket, len(link._unacked), link._backlogged) == (40, 0, False)
+        assert (link.first_ticket, link.waiting_acks, link._backlogged) == (40, 0, False)
         assert link._client._connection._transport.is_reading()
     assert [m.payload[:3] for m in collector.messages] == [b"%03d" % n for n in range(40)]
 
