@@ -18,6 +18,7 @@ Families (all prefixed `hstream_bridge_`; counters get `_total` on the wire):
     records_dead_lettered_total{rule,reason}  records parked in the dead-letter stream
     appends_retried_total{stream}         appends sent again after a retriable error
     queuing_records, queuing_bytes        buffered or in flight now (the byte budget covers these)
+    queuing_bytes_peak                    the most queuing_bytes ever was (budget + one read)
     buffer_budget_bytes                   the configured byte budget
     intake_paused                         1 while the budget is spent and the socket is not read
     inflight_appends                      appends waiting for HStreamDB's answer
@@ -28,6 +29,7 @@ Families (all prefixed `hstream_bridge_`; counters get `_total` on the wire):
     hstream_reachable, hstream_errors_total{code}
     rules_loaded, build_info{version}
     config_version                        the configuration version (config stream) applied
+    gc_seconds_total{generation}          time in Python's cyclic garbage collector (the process)
 
 With `--buffer disk` only (`bind_disk_buffer`; absent, not 0, in memory mode):
 
@@ -62,6 +64,8 @@ Gauges that mirror pipeline state (`queuing_*`, `inflight_appends`) are read at 
 """
 
 import bisect
+import gc
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -148,6 +152,9 @@ class _Buffered(Protocol):
 
     @property
     def buffered_bytes(self) -> int: ...
+
+    @property
+    def peak_bytes(self) -> int: ...
 
 
 class _InFlight(Protocol):
@@ -333,6 +340,11 @@ class BridgeMetrics:
             " what the byte budget counts.",
             registry=r,
         )
+        self.queuing_bytes_peak = Gauge(
+            f"{PREFIX}_queuing_bytes_peak",
+            "The most queuing_bytes has been since start: the budget plus at most one socket read.",
+            registry=r,
+        )
         self.budget_bytes = Gauge(
             f"{PREFIX}_buffer_budget_bytes",
             "Configured byte budget over everything buffered or in flight (--buffer-bytes).",
@@ -418,6 +430,7 @@ class BridgeMetrics:
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
+            r.register(_GcTime())
 
         for reason in DROP_REASONS:
             self.records_dropped.labels(reason=reason)
@@ -545,6 +558,7 @@ class BridgeMetrics:
         """Read the queuing and in-flight gauges from the pipeline at scrape time."""
         self.queuing_records.set_function(lambda: buffer.buffered_records)
         self.queuing_bytes.set_function(lambda: buffer.buffered_bytes)
+        self.queuing_bytes_peak.set_function(lambda: buffer.peak_bytes)
         self.inflight_appends.set_function(lambda: sender.inflight)
 
     def bind_disk_buffer(self, stats: DiskBufferStats) -> None:
@@ -602,6 +616,41 @@ class _Flush(Collector):
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+class _GcTime(Collector):
+    """`gc_seconds_total{generation}`: how long the cyclic collector ran, timed through
+    `gc.callbacks` (one hook per process, whatever the number of registries). Every object kept
+    per message in flight is walked by its passes: this shows what that costs."""
+
+    _seconds = [0.0, 0.0, 0.0]
+    _started = 0.0
+    _hooked = False
+
+    def __init__(self) -> None:
+        if not _GcTime._hooked:
+            _GcTime._hooked = True
+            gc.callbacks.append(_GcTime._on_gc)
+
+    @staticmethod
+    def _on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            _GcTime._started = time.perf_counter()
+        else:
+            _GcTime._seconds[info["generation"]] += time.perf_counter() - _GcTime._started
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            f"{PREFIX}_gc_seconds",
+            "Seconds Python's cyclic garbage collector ran in this process, by generation.",
+            labels=["generation"],
+        )
+        for generation, seconds in enumerate(_GcTime._seconds):
+            family.add_metric([str(generation)], seconds)
+        return [family]
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(f"{PREFIX}_gc_seconds", "", labels=["generation"])]
 
 
 # The disk buffer's families: name without the prefix, counter or not, help.

@@ -1,3 +1,4 @@
+import gc
 import timeit
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ def test_render_is_prometheus_text_with_every_family() -> None:
         "hstream_bridge_appends_retried": "counter",
         "hstream_bridge_queuing_records": "gauge",
         "hstream_bridge_queuing_bytes": "gauge",
+        "hstream_bridge_queuing_bytes_peak": "gauge",
         "hstream_bridge_buffer_budget_bytes": "gauge",
         "hstream_bridge_intake_paused": "gauge",
         "hstream_bridge_inflight_appends": "gauge",
@@ -103,6 +105,7 @@ def test_render_is_prometheus_text_with_every_family() -> None:
         "hstream_bridge_hstream_errors": "counter",
         "hstream_bridge_rules_loaded": "gauge",
         "hstream_bridge_build_info": "gauge",
+        "hstream_bridge_gc_seconds": "counter",
     }
     for name, kind in expected.items():
         assert families.get(name) == kind, name
@@ -214,6 +217,7 @@ def test_bound_gauges_read_the_pipeline_at_scrape_time() -> None:
     class Buffer:
         buffered_records = 0
         buffered_bytes = 0
+        peak_bytes = 0
 
     class Sender:
         inflight = 0
@@ -222,9 +226,24 @@ def test_bound_gauges_read_the_pipeline_at_scrape_time() -> None:
     buffer, sender = Buffer(), Sender()
     m.bind_gauges(buffer, sender)
     buffer.buffered_records, buffer.buffered_bytes, sender.inflight = 7, 700, 2
+    buffer.peak_bytes = 900
     assert value(m, "hstream_bridge_queuing_records") == 7
     assert value(m, "hstream_bridge_queuing_bytes") == 700
+    assert value(m, "hstream_bridge_queuing_bytes_peak") == 900
     assert value(m, "hstream_bridge_inflight_appends") == 2
+
+
+def test_gc_seconds_grow_by_generation_as_the_collector_runs() -> None:
+    m = BridgeMetrics()
+    before = {g: value(m, "hstream_bridge_gc_seconds_total", generation=str(g)) for g in range(3)}
+    for _ in range(3):
+        gc.collect()  # a full collection counts under generation 2
+    after = {g: value(m, "hstream_bridge_gc_seconds_total", generation=str(g)) for g in range(3)}
+    assert after[2] > before[2]
+    assert after[0] >= before[0] and after[1] >= before[1]
+    # One hook per process, however many bridges (registries) there are.
+    BridgeMetrics()
+    assert sum(hook.__qualname__ == "_GcTime._on_gc" for hook in gc.callbacks) == 1
 
 
 def disk_buffer_values(m: BridgeMetrics) -> dict[str, float]:
