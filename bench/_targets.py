@@ -179,7 +179,7 @@ class BridgeTarget(Target):
         self.cprofile = cprofile
         # (wall time, records buffered or in flight, intake paused) at every stored() poll
         self.samples: list[tuple[float, int, bool]] = []
-        self.peak_queued_bytes = 0  # the largest queuing_bytes seen at a stored() poll
+        self.peak_queued_bytes = 0  # the most it ever buffered (queuing_bytes_peak)
         self.budget_bytes = 0  # --buffer-bytes, as the bridge reports it
         self._http = httpx.AsyncClient(timeout=5.0)
 
@@ -218,8 +218,8 @@ class BridgeTarget(Target):
         queued = metric_sum(text, "hstream_bridge_queuing_records")
         paused = metric_sum(text, "hstream_bridge_intake_paused")
         self.samples.append((time.time(), int(queued), paused > 0))
-        queued_bytes = int(metric_sum(text, "hstream_bridge_queuing_bytes"))
-        self.peak_queued_bytes = max(self.peak_queued_bytes, queued_bytes)
+        peak = int(metric_sum(text, "hstream_bridge_queuing_bytes_peak"))
+        self.peak_queued_bytes = max(self.peak_queued_bytes, peak)
         self.budget_bytes = int(metric_sum(text, "hstream_bridge_buffer_budget_bytes"))
         return int(metric_sum(text, SUCCESS_METRIC))
 
@@ -237,10 +237,12 @@ class BridgeTarget(Target):
         append_n = metric_sum(text, "hstream_bridge_append_duration_seconds_count")
         e2e_s = metric_sum(text, "hstream_bridge_end_to_end_latency_seconds_sum")
         e2e_n = metric_sum(text, "hstream_bridge_end_to_end_latency_seconds_count")
+        gc_s = metric_sum(text, "hstream_bridge_gc_seconds_total")
         return (
             f"{appends:.0f} appends of {records / max(appends, 1):.0f} records, "
             f"append {append_s / max(append_n, 1) * 1000:.1f} ms, "
-            f"receive-to-stored {e2e_s / max(e2e_n, 1) * 1000:.1f} ms (means)"
+            f"receive-to-stored {e2e_s / max(e2e_n, 1) * 1000:.1f} ms (means); "
+            f"cyclic GC {gc_s:.2f} s in all"
         )
 
     async def disk_counters(self) -> tuple[int, int]:
