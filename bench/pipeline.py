@@ -766,7 +766,8 @@ def fanout_ratios(results: list[CellResult]) -> list[str]:
         line = (
             f"- fanout memory: peak RSS {fan.rss:.0f} MiB against --buffer-bytes "
             f"{fan.budget / mib:.0f} MiB ({over:+.0f} MiB over the budget); "
-            f"the most it buffered was {fan.peak_queued / mib:.1f} MiB (queuing_bytes_peak), so the constant beyond what the budget counts is "
+            f"the most it buffered was {fan.peak_queued / mib:.1f} MiB (queuing_bytes_peak), so "
+            f"the constant beyond what the budget counts is "
             f"~{fan.rss - fan.peak_queued / mib:.0f} MiB"
         )
         if base is not None:
@@ -903,6 +904,57 @@ def json_encoder() -> str:
     return f"{used} ({where})"
 
 
+def ratio_values(results: list[CellResult], client: str) -> dict[str, tuple[float, str]]:
+    """The run's headline ratios, by label: (value, target text) for the rounds summary."""
+    values: dict[str, tuple[float, str]] = {}
+    raw, json = find(results, "bridge", client), find(results, "bridge-json", client)
+    c_ceiling = find(results, "ceiling-c", client)
+    if raw is not None and c_ceiling is not None and c_ceiling.rate:
+        values["bridge raw / C ceiling, msg/s"] = (raw.rate / c_ceiling.rate, ">= 0.9")
+    if raw is not None and json is not None and raw.rate and raw.cpu_per_1k:
+        values["json / raw, msg/s"] = (json.rate / raw.rate, f">= {JSON_RATE_TARGET}")
+        values["json / raw, CPU per message"] = (
+            json.cpu_per_1k / raw.cpu_per_1k,
+            f"<= {JSON_CPU_TARGET}",
+        )
+    fan = find(results, "fanout")
+    base = None if fan is None else find(results, "bridge", fan.client)
+    if fan is not None and base is not None and base.rate and base.cpu_per_1k:
+        values["fanout / bridge raw, msg/s"] = (fan.rate / base.rate, f">= {FANOUT_TARGET}")
+        values["fanout / bridge raw, CPU per message"] = (fan.cpu_per_1k / base.cpu_per_1k, "")
+    disk, memory = find(results, "bridge-disk"), find(results, "bridge")
+    if disk is not None and memory is not None and memory.rate:
+        values["bridge-disk / bridge, msg/s"] = (disk.rate / memory.rate, f">= {DISK_TARGET}")
+    return values
+
+
+def rounds_summary(rounds: list[list[CellResult]], client: str) -> str:
+    """Each headline ratio in every round, and its median: one run's ratio moves with the
+    machine's speed between its cells; the median of rounds run one after the other less so."""
+    per_round = [ratio_values(results, client) for results in rounds]
+    labels = list(dict.fromkeys(label for values in per_round for label in values))
+    out = [
+        f"## Ratios over {len(rounds)} rounds (each round runs every cell once, in order)",
+        "",
+        "| ratio | "
+        + " | ".join(f"round {i + 1}" for i in range(len(rounds)))
+        + " | median | target |",
+        "|---|" + "---:|" * (len(rounds) + 1) + "---|",
+    ]
+    for label in labels:
+        found = [values.get(label) for values in per_round]
+        numbers = sorted(v[0] for v in found if v is not None)
+        median = (
+            numbers[len(numbers) // 2]
+            if len(numbers) % 2
+            else ((numbers[len(numbers) // 2 - 1] + numbers[len(numbers) // 2]) / 2)
+        )
+        target = next(v[1] for v in found if v is not None)
+        cells = " | ".join("-" if v is None else f"{v[0]:.2f}" for v in found)
+        out.append(f"| {label} | {cells} | **{median:.2f}** | {target} |")
+    return "\n".join(out)
+
+
 def render(ctx: Context, results: list[CellResult], started_load: str) -> str:
     args = ctx.args
     command = ".venv/bin/python -m bench.pipeline " + shlex.join(sys.argv[1:])
@@ -994,8 +1046,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "fanout cells")  # fmt: skip
     parser.add_argument("--timeline", action="store_true",
                         help="add published/stored counts per 100 ms for each cell")  # fmt: skip
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the cells this many times, one round after the other, and report each "
+        "round and the median of its ratios",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "pipeline.md")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.quick and "--messages" not in " ".join(argv or sys.argv[1:]):
         args.messages = 20_000
     if args.quick:
@@ -1020,28 +1081,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     started_load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results: list[CellResult] = []
+    rounds: list[tuple[Context, list[CellResult], str]] = []
+    encoder = json_encoder()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        ctx = Context(args, Path(tmp), encoder=json_encoder())
-        for cell in args.cell_list:
-            print(f"-- {cell} ...", file=sys.stderr, flush=True)
-            t0 = time.monotonic()
-            try:
-                result = await run_cell(ctx, cell)
-            except Exception as exc:
-                traceback.print_exc()
-                result = CellResult(cell, args.messages, error=f"{type(exc).__name__}: {exc}")
-            result.cell = cell
-            took = time.monotonic() - t0
-            print(f"   {cell}: {result.rate:,.0f} msg/s, {took:.0f} s"
-                  + (f" FAILED {result.error}" if result.error else ""),
-                  file=sys.stderr, flush=True)  # fmt: skip
-            results.append(result)
-    text = render(ctx, results, started_load)
+        for round_ in range(args.rounds):
+            load = started_load if round_ == 0 else ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            ctx = Context(args, Path(tmp) / f"round-{round_ + 1}", encoder=encoder)
+            results: list[CellResult] = []
+            for cell in args.cell_list:
+                print(f"-- {cell} ...", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                try:
+                    result = await run_cell(ctx, cell)
+                except Exception as exc:
+                    traceback.print_exc()
+                    result = CellResult(cell, args.messages, error=f"{type(exc).__name__}: {exc}")
+                result.cell = cell
+                took = time.monotonic() - t0
+                print(f"   {cell}: {result.rate:,.0f} msg/s, {took:.0f} s"
+                      + (f" FAILED {result.error}" if result.error else ""),
+                      file=sys.stderr, flush=True)  # fmt: skip
+                results.append(result)
+            rounds.append((ctx, results, load))
+    if len(rounds) == 1:
+        ctx, results, load = rounds[0]
+        text = render(ctx, results, load)
+    else:
+        parts = [rounds_summary([results for _, results, _ in rounds], args.publisher_client)]
+        for index, (ctx, results, load) in enumerate(rounds):
+            body = render(ctx, results, load).replace("\n## ", "\n### ")
+            parts += ["", f"## Round {index + 1}", "", body.replace("## Pipeline", "### Pipeline")]
+        text = "\n".join(parts)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
-    return 1 if any(r.error for r in results) else 0
+    return 1 if any(r.error for _, results, _ in rounds for r in results) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
