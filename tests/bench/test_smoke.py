@@ -99,3 +99,39 @@ def test_pipeline_benchmark_c_clients_telemetry_and_fan_out(tmp_path: Path) -> N
     assert "- fanout / bridge raw (one stream, gmqtt publishers) msg/s:" in text
     assert "- fanout memory: peak RSS" in text
     assert "- JSON encoder: " in text
+
+
+def test_pipeline_benchmark_rounds_report_each_round_and_the_median(tmp_path: Path) -> None:
+    output = tmp_path / "pipeline.md"
+    result = run(
+        "bench.pipeline",
+        "--messages", "1000",
+        "--payload", "telemetry",
+        "--cells", "bridge,bridge-json",
+        "--rounds", "2",
+        "--cell-timeout", "120",
+        "--output", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = output.read_text()
+    assert text.startswith("## Ratios over 2 rounds")
+    summary = next(line for line in text.splitlines() if line.startswith("| json / raw, msg/s |"))
+    cells = [cell.strip() for cell in summary.strip("|").split("|")]
+    round_1, round_2, median = (float(cell.strip("*")) for cell in cells[1:4])
+    assert abs(median - (round_1 + round_2) / 2) < 0.006  # two rounds: their mean
+    assert text.count("1,000/1,000") == 4  # both cells stored everything, in both rounds
+    assert "## Round 1" in text
+    assert "## Round 2" in text
+
+
+def test_append_call_benchmark_reports_client_and_store_cpu_per_call() -> None:
+    result = run("bench.append_call", "--calls", "32", "--records", "5", timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| grpc.aio |")]
+    assert len(rows) == 2  # 1 and 16 in flight
+    for row in rows:
+        calls_per_s, client_us, store_us = (
+            float(cell.replace(",", "")) for cell in row.strip("|").split("|")[2:5]
+        )
+        assert min(calls_per_s, client_us) > 0, row
+        assert store_us >= 0, row  # the store's CPU is read in 10 ms ticks: 32 calls may be 0
