@@ -122,6 +122,7 @@ class SourceRunner:
         )
         self._parted = False  # the last transaction delivered was a part (more of it follows)
         self._generation = 0  # counts the times `_pending` was emptied for a new reader
+        self._commit_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._resnapshot = asyncio.Event()
         self._loaded = False
@@ -293,6 +294,12 @@ class SourceRunner:
         return count, latest
 
     async def _commit_stored(self) -> None:
+        # The commit loop and stop() both commit: one at a time, or both would pop the same
+        # transactions off the queue and the older save could land last.
+        async with self._commit_lock:
+            await self._commit_prefix()
+
+    async def _commit_prefix(self) -> None:
         count, position = self._stored_prefix()
         if position is None:
             return

@@ -208,3 +208,36 @@ async def test_a_lost_position_waits_for_a_resnapshot_which_starts_over_from_not
         assert positions.saved[-1] is None
     finally:
         await r.stop()
+
+
+async def test_a_stop_while_the_committer_saves_commits_after_it_in_order() -> None:
+    """stop() commits what is stored while the commit loop may be saving a position. They take
+    turns: both once popped the same transactions off the queue (IndexError, and a source being
+    deleted kept running), and the older save could land last (the position went back)."""
+
+    class SlowPositions(Positions):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+            self.entered = asyncio.Event()
+
+        async def save(self, position: Mapping[str, Any] | None) -> None:
+            if not self.entered.is_set():
+                self.entered.set()
+                await self.gate.wait()
+            await super().save(position)
+
+    reader, pipeline, positions = Reader([at(1), at(2)]), Pipeline(), SlowPositions()
+    r = runner(reader, pipeline, positions)
+    r.start()
+    await wait_until(lambda: len(pipeline.stored) == 2, 5, "two deliveries")
+    pipeline.stored[0].set_result(None)
+    await asyncio.wait_for(positions.entered.wait(), 5)  # the committer saves at(1), slowly
+    pipeline.stored[1].set_result(None)
+    stopping = asyncio.create_task(r.stop())
+    await asyncio.sleep(0.05)  # stop() is at its own commit now
+    positions.gate.set()
+    await asyncio.wait_for(stopping, 5)
+    assert positions.saved == [{"lsn": 1, "snapshot": "done"}, {"lsn": 2, "snapshot": "done"}]
+    assert r.status.pending_transactions == 0
+    assert r.status.committed == {"lsn": 2, "snapshot": "done"}
