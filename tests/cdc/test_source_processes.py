@@ -1,4 +1,5 @@
-"""CDC sources in bridge processes that die: kill -9 mid-stream, two replicas on one source.
+"""CDC sources in bridge processes that die: kill -9 mid-stream, two replicas on one source,
+and kill -9 inside a transaction large enough to be handed over in parts.
 
 Two `hstream-bridge run` processes share one store process and one source; the database lock
 lets one run it while the other stands by. The one running is SIGKILLed while a writer commits
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
+from bridge.cdc._model import PART_CHANGES
 from bridge.cdc.config import Source
 from tests.cdc.databases import Database, toml_sources
 from tests.cdc.helpers import changes, first_seen, source_body, stream_of, wait_changes, wait_state
@@ -196,3 +198,86 @@ async def test_kill_9_of_the_running_replica_the_standby_takes_over_with_no_lost
     print(
         f"{len(found)} records for {KEYS + WRITES} changes ({len(found) - KEYS - WRITES} repeats)"
     )
+
+
+async def test_kill_9_inside_a_large_transaction_commits_no_part_and_it_is_stored_whole(
+    tmp_path: Path, database: Database, shared_mosquitto: Mosquitto
+) -> None:
+    """One transaction of four parts: its first two appends are stored and answered (a whole
+    part at least), the next is held before the store, and the replica is SIGKILLed. No
+    position of a part may be committed (the next replica would start after the whole
+    transaction); the next replica reads it again from its start and stores all of it."""
+    source_id, dsn, table = database.prepare(
+        "CREATE TABLE big (id INT PRIMARY KEY, n INT NOT NULL)", "big"
+    )
+    body = source_body(source_id, database.kind, dsn, [table])
+    config = tmp_path / "bridge.toml"
+    config.write_text(toml_sources([body]))
+    stream = stream_of(source_id, "big")
+    positions = Source.model_validate(body).positions_stream
+    rows = 4 * PART_CHANGES
+    async with (
+        subprocess_store(tmp_path / "store") as store,
+        FaultProxy(store.url) as proxy,
+    ):
+        first = await _bridge(tmp_path, "first", proxy.url, shared_mosquitto, config)
+        second: BridgeProcess | None = None
+        try:
+            await wait_state(first.api_url, source_id, "streaming")
+            database.execute("INSERT INTO big VALUES (0, 0)")  # a committed position before
+            await wait_changes(store.url, stream, 1)
+            await wait_until(lambda: _done_committing(first), 20, "the first row committed")
+            before = await _committed(store.url, positions)
+            proxy.delay("Append", 0.0, stream=stream, times=2)  # these two go through
+            hold = proxy.hold("Append", stream=stream, before=True)  # the rest wait
+            values = ",".join(f"({n}, {n})" for n in range(1, rows + 1))
+            await asyncio.to_thread(database.execute, f"INSERT INTO big VALUES {values}")
+            await hold.wait(1, timeout=20)
+            stored_then = len(changes(await read_stream(store.url, stream))) - 1
+            assert PART_CHANGES < stored_then < rows, stored_then  # a whole part, not all
+            # The runner commits every 0.1 s: three rounds, so that a runner which would commit
+            # a stored part's position has done it before the kill.
+            await asyncio.sleep(0.3)
+            first.kill()
+            at_kill = await _committed(store.url, positions)
+            stored_at_kill = changes(await read_stream(store.url, stream))
+            proxy.clear()
+            second = await _bridge(tmp_path, "second", proxy.url, shared_mosquitto, config)
+            await wait_state(second.api_url, source_id, "streaming", timeout=15.0)
+            found: list[dict[str, Any]] = []
+
+            async def whole() -> bool:
+                nonlocal found
+                found = changes(await read_stream(store.url, stream))
+                return {c["after"]["n"] for c in found} >= set(range(rows + 1))
+
+            await wait_until(whole, 30.0, "every row of the transaction")
+            await wait_until(lambda: _done_committing(second), 20, "the transaction committed")
+            at_end = await _committed(store.url, positions)
+        finally:
+            if first.process is not None and first.process.poll() is None:
+                first.kill()
+            if second is not None:
+                second.kill()
+    big = [c for c in found if c["after"]["n"] > 0]
+    transaction = _order(big[0])
+    kind = database.kind
+    for scenario, committed, stored in (
+        (
+            f"CDC {kind}, kill -9 inside a {rows}-row transaction: at the kill",
+            at_kill,
+            stored_at_kill,
+        ),
+        (f"CDC {kind}, kill -9 inside a {rows}-row transaction: next replica", at_end, found),
+    ):
+        ledger = Ledger(
+            scenario,
+            rows,
+            acked=[c["after"]["n"] for c in big if transaction <= committed],
+            stored=[c["after"]["n"] for c in stored if c["after"]["n"] > 0],
+        )
+        RESULTS.append(ledger.check())
+    assert at_kill == before, "a part's position was committed"
+    assert at_end >= transaction
+    assert len(set(RESULTS[-1].acked)) == rows
+    print(f"\n{stored_then} of {rows} rows stored at the kill; {len(big)} records in the end")
