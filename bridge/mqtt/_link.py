@@ -79,6 +79,8 @@ The ticket is what `Link.ack` takes: the message's place in the connection's rec
 _QOS2 = 1 << 16
 _DONE = 1 << 17
 _MID = 0xFFFF
+# Seconds `Link.close` waits for the broker to close the connection after DISCONNECT.
+DISCONNECT_WAIT = 2.0
 # Acked entries at the front of `Link._unacked` are cut off once there are this many.
 _COMPACT_AT = 4096
 
@@ -215,12 +217,24 @@ class Link:
         await asyncio.shield(self._lost_future)
 
     async def close(self) -> None:
-        """Flush pending acks, send DISCONNECT (the session stays for its expiry), close."""
+        """Flush pending acks, send DISCONNECT and wait for the broker to close the connection
+        (the session stays for its expiry).
+
+        The broker closes it once it has read the DISCONNECT, and so every ack written before
+        it. Closing first raced a new connection with the same client id (a restart): Mosquitto
+        took the session over with the old connection's last acks unread, and sent those
+        messages again."""
         if self._lost:
             return
         self._flush()
+        connection = self._client._connection
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
+                if connection is not None and not connection.is_closing():
+                    connection.send_disconnect()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(DISCONNECT_WAIT):
+                            await asyncio.shield(self._lost_future)
                 await self._client.disconnect()
         except (OSError, TimeoutError) as exc:
             log.debug("closing the MQTT connection: %s", exc)

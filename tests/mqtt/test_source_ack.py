@@ -142,6 +142,25 @@ async def test_flush_acks_sends_acks_of_just_completed_handlers_before_exit(
     assert await _after_reconnect(mosquitto, "flushed") == []
 
 
+async def test_acks_written_just_before_close_reach_the_broker_before_a_restart(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart reconnects at once with the same client id. The broker must have read the
+    acks the old connection wrote last: close waits for it to close the connection after
+    DISCONNECT (closing first, 3 of 6 rounds had those messages sent again)."""
+    for round_ in range(6):
+        collector = Collector("hold")
+        async with MqttSource(settings_for(mosquitto, "restarted"), collector) as source:
+            await source.wait_connected(10)
+            await source.set_subscriptions({TOPIC: 1})
+            await _publish(mosquitto, *[b"%d-%04d" % (round_, n) for n in range(500)])
+            await collector.wait_count(500)
+            collector.release()  # stored: the acks go with the close right after
+            await asyncio.sleep(0)
+        assert await _after_reconnect(mosquitto, "restarted") == [], f"round {round_}"
+    assert "acks still unsent" not in caplog.text
+
+
 async def test_acks_go_in_receive_order_and_a_long_wait_for_the_oldest_stops_reading(
     mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
