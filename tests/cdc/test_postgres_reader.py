@@ -739,3 +739,43 @@ async def test_paused_reader_without_feedback_is_dropped() -> None:
     """The control: without feedback while paused, the server drops the reader."""
     connected, _, _ = await paused_reader(feedback_interval=60)
     assert not connected
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "not-committed"])
+async def test_an_idle_source_lets_its_slot_move_on_only_past_what_is_committed(
+    postgres_server: PostgresServer, db: str, committed: bool
+) -> None:
+    """Writes the source does not publish (another table, another database of the same
+    server) still add WAL. A slot that stays at its last confirmed change keeps
+    all of it on the server's disk, growing for as long as the source's tables are idle. Once
+    everything received is committed, the keepalives' WAL end is confirmed too (psycopg2 does
+    it); while a received transaction is not committed, the slot stays before it."""
+    server = postgres_server
+    source = table_t(server, db)
+    sql_as_cdc(server, db, "CREATE TABLE other (id int PRIMARY KEY, body text)")
+    reader = PostgresReader(source, feedback_interval=0.2)
+    sink = ListSink(reader, auto_commit=committed)
+    async with running(reader, sink):
+        server.execute("INSERT INTO t VALUES (1)", db=db)
+        await until(lambda: ids(sink) == [1], "row 1")
+        row_1 = sink.streamed()[0].lsn or 0
+        elsewhere = server.new_database()  # another database of the same server
+        server.execute("CREATE TABLE busy (id int PRIMARY KEY, body text)", db=elsewhere)
+        for n in range(50):
+            server.execute(f"INSERT INTO other VALUES ({n}, repeat('x', 1000))", db=db)
+            server.execute(f"INSERT INTO busy VALUES ({n}, repeat('x', 1000))", db=elsewhere)
+        wal = parse_lsn(server.execute("SELECT pg_current_wal_lsn()::text", db=db)[0][0])
+
+        def confirmed() -> int:
+            row = slot_row(server, db)
+            return parse_lsn(row[2]) if row is not None else 0
+
+        if committed:
+            await until(lambda: confirmed() >= wal, "the slot to move past WAL", timeout=20)
+        else:
+            await asyncio.sleep(2.0)  # ten feedback rounds, and keepalives
+            assert confirmed() < row_1, "the slot moved past a transaction not committed"
+            reader.committed(sink.streamed()[0].position)  # now it is: the slot moves on
+            server.execute("INSERT INTO other VALUES (50, 'x')", db=db)
+            await until(lambda: confirmed() >= wal, "the slot to move past WAL", timeout=20)
+        assert ids(sink) == [1]  # nothing of `other` was handed over
