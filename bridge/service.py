@@ -42,7 +42,7 @@ from bridge.cdc.manager import CdcSources
 from bridge.cdc.metrics import CdcCollector
 from bridge.cdc.store import SourcesFile, parse_sources
 from bridge.cluster.placement import owner
-from bridge.config import ConfigConflict, ConfigLog, Document
+from bridge.config import ConfigConflict, ConfigLog, ConfigNotApplied, Document
 from bridge.config.secrets import SEALED, Sealer, SealError
 from bridge.hstream import structenc
 from bridge.hstream.client import HStreamClient
@@ -147,7 +147,8 @@ class Bridge:
         self.config: ConfigLog | None = None
         self.membership: Any = None  # bridge.cluster.Membership with --cluster-listen
         self.replica_id = settings.replica_id or settings.client_id
-        self._subscribe_errors: dict[int, MqttError] = {}
+        # Why this replica could not fully apply a version it proposed (the API says so).
+        self._apply_errors: dict[int, MqttError | ConfigNotApplied] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hstream_ok = False
         self._hstream_checked = 0.0
@@ -821,15 +822,16 @@ class Bridge:
         self, rules: Sequence[Rule], sources: Sequence[Source], if_match: int | None
     ) -> int:
         """A new configuration through the config stream; applied here (and on every replica)
-        when this returns. ConfigConflict, PreconditionFailed, HStreamError (not stored), or
-        MqttError (stored and routing, the broker did not confirm the subscriptions)."""
+        when this returns. ConfigConflict, PreconditionFailed, HStreamError (not stored),
+        MqttError (stored and routing, the broker did not confirm the subscriptions), or
+        ConfigNotApplied (stored, and this replica failed to apply it)."""
         assert self.config is not None
         version = await self.config.propose(
             [rule.model_dump(mode="json") for rule in rules],
             [self._seal_source(source.model_dump(mode="json")) for source in sources],
             if_match=if_match,
         )
-        failed = self._subscribe_errors.pop(version, None)
+        failed = self._apply_errors.pop(version, None)
         if failed is not None:
             raise failed
         return version
@@ -879,35 +881,57 @@ class Bridge:
         return {key: value for key, value in source.items() if key != SEALED}
 
     async def _apply_document(self, document: Document) -> None:
-        """A configuration version from the config stream: rules and sources, live."""
-        rules = parse_rules(document.rules, f"configuration version {document.version}")
-        items = [self._open_source(i) if isinstance(i, Mapping) else i for i in document.sources]
-        sources = parse_sources(items, f"configuration version {document.version}")
+        """A configuration version from the config stream: rules and sources, live. What fails
+        here is logged and kept for the proposer's API answer; the version stands."""
+        try:
+            rules = parse_rules(document.rules, f"configuration version {document.version}")
+            items = [
+                self._open_source(i) if isinstance(i, Mapping) else i for i in document.sources
+            ]
+            sources = parse_sources(items, f"configuration version {document.version}")
+        except ValueError as exc:
+            self._not_applied(document.version, exc)
+            return
         if [r.model_dump() for r in rules] != [r.model_dump() for r in self.rules]:
             try:
                 await self._apply_rules(rules)
             except MqttError as exc:
-                self._subscribe_errors[document.version] = exc
-                while len(self._subscribe_errors) > 16:
-                    self._subscribe_errors.pop(next(iter(self._subscribe_errors)))
-            except OSError as exc:
-                logger.error("the rules cache file was not written: %s", exc)  # noqa: TRY400
+                self._keep_apply_error(document.version, exc)
+            except Exception as exc:
+                self._not_applied(document.version, exc)
         if self.cdc is not None and sources != self.cdc.sources:
             kept = {s.id for s in sources}
             # The replica that deleted a source drops its slot; the others only stop it.
             gone = [s for s in self.cdc.sources if s.id not in kept]
             mine = document.replica == self.replica_id
-            await self.cdc.apply(sources, deleted=gone if mine else ())
+            try:
+                await self.cdc.apply(sources, deleted=gone if mine else ())
+            except Exception as exc:
+                self._not_applied(document.version, exc)
         self.metrics.config_version.set(document.version)
 
+    def _not_applied(self, version: int, exc: Exception) -> None:
+        logger.error("configuration version %d could not be applied here", version, exc_info=exc)
+        self._keep_apply_error(version, ConfigNotApplied(version, exc))
+
+    def _keep_apply_error(self, version: int, error: MqttError | ConfigNotApplied) -> None:
+        if not isinstance(self._apply_errors.get(version), ConfigNotApplied):
+            self._apply_errors[version] = error  # the worse of the two, when both happen
+        while len(self._apply_errors) > 16:
+            self._apply_errors.pop(next(iter(self._apply_errors)))
+
     async def _apply_rules(self, rules: list[Rule]) -> None:
-        """Persist, then route by the new rules, then change the subscriptions.
+        """Cache (a cache file that cannot be written is logged: the rules apply anyway), then
+        route by the new rules, then change the subscriptions.
 
         Messages already routed keep the records they made; a message read after the swap is
         routed by the new rules. New filters are subscribed before old ones are dropped.
         """
         matcher = Matcher(rules)
-        await asyncio.to_thread(self.rules_file.save, rules)
+        try:
+            await asyncio.to_thread(self.rules_file.save, rules)
+        except OSError as exc:  # a cache: the rules apply; a start without HStreamDB reads it
+            logger.error("the rules cache file %s was not written: %s", self.rules_file.path, exc)  # noqa: TRY400
         assert self.router is not None
         self.router.matcher = matcher
         self.rules = rules

@@ -1,12 +1,13 @@
 """Configuration versions over HTTP: `ETag` on rules and sources, `If-Match` on writes, and the
-config stream's errors as status codes (409 lost a race, 412 precondition, 503 not stored)."""
+config stream's errors as status codes (409 lost a race, 412 precondition, 503 not stored, 500
+stored and not applied on this replica)."""
 
 from typing import Annotated, Any, Final
 
 from fastapi import Header, HTTPException, Response, status
 
 from bridge.api.models import ErrorMessage
-from bridge.config import ConfigConflict, PreconditionFailed
+from bridge.config import ConfigConflict, ConfigNotApplied, PreconditionFailed
 from bridge.hstream.errors import HStreamError
 
 IfMatch = Annotated[
@@ -32,6 +33,11 @@ RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "description": "The configuration stream in HStreamDB did not take the change; nothing"
         " changed",
     },
+    status.HTTP_500_INTERNAL_SERVER_ERROR: {
+        "model": ErrorMessage,
+        "description": "The change is stored (the other replicas apply it), but this replica"
+        " could not apply it; the detail says why",
+    },
 }
 
 
@@ -52,8 +58,13 @@ def set_etag(response: Response, version: int) -> None:
     response.headers["ETag"] = f'"{version}"'
 
 
-def config_error(exc: ConfigConflict | PreconditionFailed | HStreamError) -> HTTPException:
-    """The HTTP error for a change the config stream did not take."""
+def config_error(
+    exc: ConfigConflict | PreconditionFailed | HStreamError | ConfigNotApplied,
+) -> HTTPException:
+    """The HTTP error for a change the config stream did not take, or this replica did not
+    apply."""
+    if isinstance(exc, ConfigNotApplied):
+        return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc))
     if isinstance(exc, ConfigConflict):
         return HTTPException(status.HTTP_409_CONFLICT, f"not changed: {exc}")
     if isinstance(exc, PreconditionFailed):

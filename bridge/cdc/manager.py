@@ -98,9 +98,13 @@ class CdcSources:
         logger.info("source %s (%s) started", source.id, source.kind)
 
     async def apply(self, sources: list[Source], deleted: Sequence[Source] = ()) -> None:
-        """Persist `sources`, then stop what changed or went and start what is new."""
+        """Cache `sources` (a file that cannot be written is logged), then stop what changed or
+        went and start what is new."""
         async with self._lock:
-            await asyncio.to_thread(self.file.save, sources)
+            try:
+                await asyncio.to_thread(self.file.save, sources)
+            except OSError as exc:  # a cache: the sources apply; a start without HStreamDB reads it
+                logger.error("the sources cache file %s was not written: %s", self.file.path, exc)  # noqa: TRY400
             wanted = {s.id: s for s in sources if s.enabled}
             for source_id, runner in list(self.runners.items()):
                 if wanted.get(source_id) != runner.source:

@@ -33,13 +33,25 @@ from bridge.hstream.client import HStreamClient
 from bridge.hstream.errors import HStreamError, StreamExists, StreamNotFound
 from bridge.hstream.records import Record, RecordId
 
-__all__ = ["ConfigConflict", "ConfigLog", "Document", "PreconditionFailed"]
+__all__ = ["ConfigConflict", "ConfigLog", "ConfigNotApplied", "Document", "PreconditionFailed"]
 
 logger = logging.getLogger(__name__)
 
 
 class ConfigConflict(Exception):
     """Another replica changed the configuration first (HTTP 409); nothing was applied."""
+
+
+class ConfigNotApplied(Exception):
+    """A version is stored in the config stream (it stands: the other replicas apply it), but
+    this replica could not apply it; it applies the newest version again at its next start."""
+
+    def __init__(self, version: int, cause: BaseException) -> None:
+        super().__init__(
+            f"configuration version {version} is stored, but this replica could not apply it"
+            f" ({type(cause).__name__}: {cause}); it applies the newest version at its next start"
+        )
+        self.version = version
 
 
 class PreconditionFailed(Exception):

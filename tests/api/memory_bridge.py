@@ -15,6 +15,7 @@ from typing import Any
 
 from bridge.api import RuleConflict, RuleMissing, SourceConflict, SourceMissing
 from bridge.cdc.config import Source
+from bridge.config import ConfigNotApplied
 from bridge.hstream.records import ReceivedRecord
 from bridge.metrics import BridgeMetrics
 from bridge.mqtt import Message, MqttError
@@ -53,7 +54,8 @@ class MemoryBridge:
         self.readiness_gate: asyncio.Event | None = None  # readiness() waits for it when set
         self.readiness_entered = asyncio.Event()
         self.extra_readiness: dict[str, Any] = {}  # merged into readiness(), as the bridge says
-        self.save_error: OSError | None = None
+        # Raised after the version is taken, as by a replica that could not apply it.
+        self.apply_error: Exception | None = None
         self.subscribe_error: MqttError | None = None  # raised after the change, like MqttSource
         self.dead_letter_records: list[ReceivedRecord] = []
         self.dead_letters_error: Exception | None = None
@@ -92,9 +94,9 @@ class MemoryBridge:
             self._apply([r for r in self.rules if r.id != rule_id])
 
     def _apply(self, rules: list[Rule]) -> None:
-        if self.save_error is not None:
-            raise self.save_error
         self.version += 1
+        if self.apply_error is not None:
+            raise ConfigNotApplied(self.version, self.apply_error)
         self.router.matcher = Matcher(rules)
         self.rules = rules
         if self.subscribe_error is not None:
@@ -148,8 +150,8 @@ class MemoryBridge:
     async def create_source(self, source: Source, if_match: int | None = None) -> None:
         if self.get_source(source.id) is not None:
             raise SourceConflict(source.id)
-        if self.save_error is not None:
-            raise self.save_error
+        if self.apply_error is not None:
+            raise ConfigNotApplied(self.version + 1, self.apply_error)
         self.sources.append(source)
 
     async def replace_source(

@@ -224,6 +224,54 @@ async def test_conflicts_and_unknown_ids_are_409_and_404_from_the_real_bridge(
     assert set(running.source.subscriptions) == {"d/#"}
 
 
+async def test_a_rules_cache_that_cannot_be_written_does_not_stop_a_change(
+    live: tuple[Bridge, str], mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The config stream holds the rules; the local file is a cache. A cache that cannot be
+    written is logged, and the rule applies (it was left out, silently, after a 201)."""
+    running, store_url = live
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    running.rules_file.path = blocker / "rules.toml"  # NotADirectoryError on every save
+    async with await http(running) as client:
+        created = await client.post("/rules", json=rule("cached", "cached/{dev}", "cached"))
+        assert created.status_code == 201, created.text
+        await asyncio.to_thread(publish, mosquitto.host, mosquitto.port, [("cached/d", b"0")])
+        records = await wait_for_records(store_url, "cached", 1, timeout=10.0)
+    assert seqs(records) == [0]
+    assert "the rules cache file" in caplog.text
+
+
+async def test_a_change_this_replica_fails_to_apply_is_500_not_204(
+    live: tuple[Bridge, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version stands in the config stream, but this replica's answer must not say the
+    change is in effect here when applying it failed (a DELETE of a source answered 204 while
+    the source ran on)."""
+    running, _ = live
+    assert running.cdc is not None
+
+    async def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the runner would not stop")
+
+    monkeypatch.setattr(running.cdc, "apply", fail)
+    body = {
+        "id": "shop",
+        "kind": "postgres",
+        "dsn": "postgresql://cdc@127.0.0.1:1/shop",
+        "tables": ["public.orders"],
+        "enabled": False,
+    }
+    async with await http(running) as client:
+        before = running.config_version
+        response = await client.post("/sources", json=body)
+    assert response.status_code == 500, response.text
+    detail = response.json()["detail"]
+    assert f"configuration version {before + 1} is stored" in detail
+    assert "RuntimeError: the runner would not stop" in detail
+    assert running.config_version == before + 1
+
+
 async def test_rules_made_over_http_survive_a_restart(mosquitto: Mosquitto, tmp_path: Path) -> None:
     settings = bridge_settings(tmp_path, mosquitto.url)
     async with running_bridge(settings) as first, await http(first) as client:

@@ -159,15 +159,19 @@ async def test_delete_is_204_then_404(client: httpx.AsyncClient, bridge: MemoryB
     assert (await client.get("/rules/temps")).status_code == 404
 
 
-async def test_a_rules_file_that_cannot_be_written_is_503_and_not_500(
+async def test_a_change_this_replica_could_not_apply_is_500_saying_it_is_stored(
     client: httpx.AsyncClient, bridge: MemoryBridge
 ) -> None:
-    bridge.save_error = OSError(28, "No space left on device")
-    assert (await client.post("/rules", json=HUMID)).status_code == 503
-    assert (await client.put("/rules/temps", json=TEMPS)).status_code == 503
-    response = await client.delete("/rules/temps")
-    assert response.status_code == 503
-    assert "No space left on device" in response.json()["detail"]
+    bridge.apply_error = RuntimeError("the runner would not stop")
+    for response in (
+        await client.post("/rules", json=HUMID),
+        await client.put("/rules/temps", json=TEMPS),
+        await client.delete("/rules/temps"),
+    ):
+        assert response.status_code == 500
+        detail = response.json()["detail"]
+        assert "is stored, but this replica could not apply it" in detail
+        assert "RuntimeError: the runner would not stop" in detail
     assert [rule.id for rule in bridge.rules] == ["temps"]
 
 

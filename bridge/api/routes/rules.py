@@ -26,7 +26,7 @@ from bridge.api.protocol import RuleConflict, RuleMissing
 from bridge.api.routes._shared import UNDECODABLE, body_invalid, field_invalid, id_mismatch
 from bridge.api.versions import RESPONSES as VERSION_RESPONSES
 from bridge.api.versions import IfMatch, config_error, parse_if_match, set_etag
-from bridge.config import ConfigConflict, PreconditionFailed
+from bridge.config import ConfigConflict, ConfigNotApplied, PreconditionFailed
 from bridge.hstream.errors import HStreamError
 from bridge.mqtt import MqttError
 from rules import Rule
@@ -60,15 +60,11 @@ _CONFLICT: Final[dict[int | str, dict[str, Any]]] = {
         "content": {"application/json": {"example": {"detail": "rule 'temps' already exists"}}},
     }
 }
-_NOT_SAVED: Final[dict[int | str, dict[str, Any]]] = {
+_NOT_SUBSCRIBED: Final[dict[int | str, dict[str, Any]]] = {
     status.HTTP_502_BAD_GATEWAY: {
         "model": ErrorMessage,
         "description": "The change was saved and routes messages, but the MQTT broker did not"
         " confirm the subscriptions it needs; they are sent again until it does",
-    },
-    status.HTTP_503_SERVICE_UNAVAILABLE: {
-        "model": ErrorMessage,
-        "description": "The rules file could not be written; the rules are unchanged",
     },
 }
 _EXAMPLES: Final = {
@@ -110,14 +106,6 @@ def _not_subscribed(exc: MqttError) -> HTTPException:
     )
 
 
-def _not_saved(exc: OSError) -> HTTPException:
-    logger.error("rules file not written: %s", exc)
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        f"rules not changed: the rules file could not be written ({exc.strerror or exc})",
-    )
-
-
 @router.get("", summary="List the rules", response_model=list[Rule])
 async def list_rules(bridge: BridgeDep, response: Response) -> list[Rule]:
     """All rules, disabled ones included, in the order matches are reported in. The `ETag` is
@@ -136,7 +124,7 @@ async def list_rules(bridge: BridgeDep, response: Response) -> list[Rule]:
             "description": "Created; the Location header is the rule's URL",
             "headers": {"Location": {"description": "/rules/{id}", "schema": {"type": "string"}}},
         },
-        **_NOT_SAVED,
+        **_NOT_SUBSCRIBED,
         **VERSION_RESPONSES,
         **_CONFLICT,
         **UNDECODABLE,
@@ -159,9 +147,7 @@ async def create_rule(
         raise _conflict(rule.id) from None
     except MqttError as exc:
         raise _not_subscribed(exc) from None
-    except OSError as exc:
-        raise _not_saved(exc) from None
-    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+    except (ConfigConflict, PreconditionFailed, HStreamError, ConfigNotApplied) as exc:
         raise config_error(exc) from None
     response.headers["Location"] = str(request.app.url_path_for("get_rule", rule_id=rule.id))
     set_etag(response, bridge.config_version)
@@ -218,7 +204,7 @@ async def get_rule(rule_id: RuleId, bridge: BridgeDep, response: Response) -> Ru
     "/{rule_id}",
     summary="Replace a rule",
     response_model=Rule,
-    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES, **UNDECODABLE},
+    responses={**_NOT_FOUND, **_NOT_SUBSCRIBED, **VERSION_RESPONSES, **UNDECODABLE},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -261,9 +247,7 @@ async def replace_rule(
         raise _conflict(rule.id) from None
     except MqttError as exc:
         raise _not_subscribed(exc) from None
-    except OSError as exc:
-        raise _not_saved(exc) from None
-    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+    except (ConfigConflict, PreconditionFailed, HStreamError, ConfigNotApplied) as exc:
         raise config_error(exc) from None
     set_etag(response, bridge.config_version)
     return rule
@@ -274,7 +258,7 @@ async def replace_rule(
     summary="Delete a rule",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES},
+    responses={**_NOT_FOUND, **_NOT_SUBSCRIBED, **VERSION_RESPONSES},
 )
 async def delete_rule(rule_id: RuleId, bridge: BridgeDep, if_match: IfMatch = None) -> Response:
     """Remove the rule; messages it already routed are still stored."""
@@ -284,9 +268,7 @@ async def delete_rule(rule_id: RuleId, bridge: BridgeDep, if_match: IfMatch = No
         raise _missing(rule_id) from None
     except MqttError as exc:
         raise _not_subscribed(exc) from None
-    except OSError as exc:
-        raise _not_saved(exc) from None
-    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+    except (ConfigConflict, PreconditionFailed, HStreamError, ConfigNotApplied) as exc:
         raise config_error(exc) from None
     done = Response(status_code=status.HTTP_204_NO_CONTENT)
     set_etag(done, bridge.config_version)

@@ -20,7 +20,7 @@ from bridge.api.routes._shared import UNDECODABLE, body_invalid, id_mismatch
 from bridge.api.versions import RESPONSES as VERSION_RESPONSES
 from bridge.api.versions import IfMatch, config_error, parse_if_match, set_etag
 from bridge.cdc.config import MASK, Source, mask_dsn
-from bridge.config import ConfigConflict, PreconditionFailed
+from bridge.config import ConfigConflict, ConfigNotApplied, PreconditionFailed
 from bridge.hstream.errors import HStreamError
 
 router = APIRouter(prefix="/sources", tags=["sources"])
@@ -44,12 +44,6 @@ _CONFLICT: Final[dict[int | str, dict[str, Any]]] = {
     status.HTTP_409_CONFLICT: {
         "model": ErrorMessage,
         "description": "A source with that id exists already",
-    }
-}
-_NOT_SAVED: Final[dict[int | str, dict[str, Any]]] = {
-    status.HTTP_503_SERVICE_UNAVAILABLE: {
-        "model": ErrorMessage,
-        "description": "The sources file could not be written; the sources are unchanged",
     }
 }
 
@@ -85,13 +79,6 @@ def _missing(source_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"no source {source_id!r}")
 
 
-def _not_saved(exc: OSError) -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        f"sources not changed: the sources file could not be written ({exc.strerror or exc})",
-    )
-
-
 @router.get("", summary="List the CDC sources", response_model=list[SourceView])
 async def list_sources(bridge: BridgeDep, response: Response) -> list[SourceView]:
     """Every source with its status; the `ETag` is the configuration version."""
@@ -104,7 +91,7 @@ async def list_sources(bridge: BridgeDep, response: Response) -> list[SourceView
     summary="Create a CDC source",
     status_code=status.HTTP_201_CREATED,
     response_model=SourceView,
-    responses={**_NOT_SAVED, **VERSION_RESPONSES, **_CONFLICT, **UNDECODABLE},
+    responses={**VERSION_RESPONSES, **_CONFLICT, **UNDECODABLE},
 )
 async def create_source(
     source: Annotated[Source, Body(openapi_examples={"shop": {"value": SOURCE_EXAMPLE}})],
@@ -121,9 +108,7 @@ async def create_source(
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"source {source.id!r} already exists"
         ) from None
-    except OSError as exc:
-        raise _not_saved(exc) from None
-    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+    except (ConfigConflict, PreconditionFailed, HStreamError, ConfigNotApplied) as exc:
         raise config_error(exc) from None
     set_etag(response, bridge.config_version)
     response.headers["Location"] = str(request.app.url_path_for("get_source", source_id=source.id))
@@ -143,7 +128,7 @@ async def get_source(source_id: SourceId, bridge: BridgeDep, response: Response)
     "/{source_id}",
     summary="Replace a CDC source",
     response_model=SourceView,
-    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES, **UNDECODABLE},
+    responses={**_NOT_FOUND, **VERSION_RESPONSES, **UNDECODABLE},
 )
 async def replace_source(
     source_id: SourceId,
@@ -173,9 +158,7 @@ async def replace_source(
         await bridge.replace_source(source_id, source, parse_if_match(if_match))
     except SourceMissing:
         raise _missing(source_id) from None
-    except OSError as exc:
-        raise _not_saved(exc) from None
-    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+    except (ConfigConflict, PreconditionFailed, HStreamError, ConfigNotApplied) as exc:
         raise config_error(exc) from None
     set_etag(response, bridge.config_version)
     return _view(source, dict(bridge.source_status(source_id)))
@@ -186,7 +169,7 @@ async def replace_source(
     summary="Delete a CDC source (drops its slot)",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses={**_NOT_FOUND, **_NOT_SAVED, **VERSION_RESPONSES},
+    responses={**_NOT_FOUND, **VERSION_RESPONSES},
 )
 async def delete_source(
     source_id: SourceId, bridge: BridgeDep, if_match: IfMatch = None
@@ -198,9 +181,7 @@ async def delete_source(
         await bridge.delete_source(source_id, parse_if_match(if_match))
     except SourceMissing:
         raise _missing(source_id) from None
-    except OSError as exc:
-        raise _not_saved(exc) from None
-    except (ConfigConflict, PreconditionFailed, HStreamError) as exc:
+    except (ConfigConflict, PreconditionFailed, HStreamError, ConfigNotApplied) as exc:
         raise config_error(exc) from None
     done = Response(status_code=status.HTTP_204_NO_CONTENT)
     set_etag(done, bridge.config_version)
