@@ -95,6 +95,19 @@ def _done_committing(bridge: BridgeProcess) -> bool:
     return bool(_status(bridge)["pending_transactions"] == 0)
 
 
+def _one_source(
+    tmp_path: Path, database: Database, create: str, table: str
+) -> tuple[str, Path, str, str]:
+    """A table and one source on it in a config file: (source id, the file, the source's
+    stream for the table, its positions stream)."""
+    source_id, dsn, qualified = database.prepare(create, table)
+    body = source_body(source_id, database.kind, dsn, [qualified])
+    config = tmp_path / "bridge.toml"
+    config.write_text(toml_sources([body]))
+    positions = Source.model_validate(body).positions_stream
+    return source_id, config, stream_of(source_id, table), positions
+
+
 async def _bridge(
     tmp: Path, name: str, hstream_url: str, broker: Mosquitto, config: Path
 ) -> BridgeProcess:
@@ -110,17 +123,11 @@ async def _bridge(
 async def test_kill_9_of_the_running_replica_the_standby_takes_over_with_no_lost_change(
     tmp_path: Path, database: Database, shared_mosquitto: Mosquitto
 ) -> None:
-    source_id, dsn, table = database.prepare(
-        "CREATE TABLE items (id INT PRIMARY KEY, n INT NOT NULL)", "items"
+    source_id, config, stream, positions = _one_source(
+        tmp_path, database, "CREATE TABLE items (id INT PRIMARY KEY, n INT NOT NULL)", "items"
     )
     values = ",".join(f"({k}, -1)" for k in range(KEYS))
     database.execute(f"INSERT INTO items VALUES {values}")
-    config = tmp_path / "bridge.toml"
-    config.write_text(toml_sources([source_body(source_id, database.kind, dsn, [table])]))
-    stream = stream_of(source_id, "items")
-    positions = Source.model_validate(
-        source_body(source_id, database.kind, dsn, [table])
-    ).positions_stream
     async with (
         subprocess_store(tmp_path / "store") as store,
         FaultProxy(store.url) as proxy,
@@ -207,14 +214,9 @@ async def test_kill_9_inside_a_large_transaction_commits_no_part_and_it_is_store
     part at least), the next is held before the store, and the replica is SIGKILLed. No
     position of a part may be committed (the next replica would start after the whole
     transaction); the next replica reads it again from its start and stores all of it."""
-    source_id, dsn, table = database.prepare(
-        "CREATE TABLE big (id INT PRIMARY KEY, n INT NOT NULL)", "big"
+    source_id, config, stream, positions = _one_source(
+        tmp_path, database, "CREATE TABLE big (id INT PRIMARY KEY, n INT NOT NULL)", "big"
     )
-    body = source_body(source_id, database.kind, dsn, [table])
-    config = tmp_path / "bridge.toml"
-    config.write_text(toml_sources([body]))
-    stream = stream_of(source_id, "big")
-    positions = Source.model_validate(body).positions_stream
     rows = 4 * PART_CHANGES
     async with (
         subprocess_store(tmp_path / "store") as store,
