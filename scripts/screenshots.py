@@ -1,10 +1,13 @@
-"""Screenshots of the console for the README: docs/console-desktop.png and console-narrow.png.
+"""Screenshots of the console for the README: docs/console-desktop.png, console-narrow.png and
+console-sources.png.
 
     .venv/bin/python scripts/screenshots.py [OUT_DIR]
 
 Starts a Mosquitto and a real bridge (embedded store) in temporary directories, adds a few
 rules, publishes for a few seconds (good payloads, and bad ones that become dead letters), runs
-a dry run, then photographs /ui in headless Chromium at 1280 x 800 and 390 x 844. Needs what
+a dry run, adds two database sources (one whose server is not there: it shows the error; one
+disabled), then photographs /ui in headless Chromium at 1280 x 800 (the top, and the sources
+and replicas tables) and 390 x 844. Needs what
 the browser tests need (Debian's chromium and chromium-driver); talks to 127.0.0.1 only.
 """
 
@@ -36,6 +39,26 @@ RULES = [
 ]
 
 
+def sources(unreachable_port: int) -> list[dict[str, object]]:
+    """A PostgreSQL source whose server is not there (its row shows the error) and a disabled
+    MariaDB one: the console's sources table without a database of the script's own."""
+    return [
+        {
+            "id": "shop",
+            "kind": "postgres",
+            "dsn": f"postgresql://cdc@127.0.0.1:{unreachable_port}/shop",
+            "tables": ["public.orders", "public.customers"],
+        },
+        {
+            "id": "billing",
+            "kind": "mysql",
+            "dsn": f"mysql://cdc@127.0.0.1:{unreachable_port}/billing",
+            "tables": ["billing.invoices"],
+            "enabled": False,
+        },
+    ]
+
+
 def main() -> None:
     sys.path.insert(0, str(REPO))
     import httpx
@@ -46,6 +69,7 @@ def main() -> None:
     from tests.support.bridge import bridge_settings
     from tests.support.console import BridgeThread, chromium, set_viewport
     from tests.support.mosquitto import Mosquitto, Publisher
+    from tests.support.net import free_port
 
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "docs"
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +111,8 @@ def main() -> None:
         url = bridge.api_url
         for rule in RULES:
             httpx.post(f"{url}/rules", json=rule).raise_for_status()
+        for source in sources(free_port()):
+            httpx.post(f"{url}/sources", json=source).raise_for_status()
         publisher = threading.Thread(
             target=publish_for_a_while, args=(broker.host, broker.port), daemon=True
         )
@@ -102,6 +128,18 @@ def main() -> None:
                 wait.until(ready_to_show, "dead letters of both kinds and live rates")
                 top(browser)
                 browser.save_screenshot(str(out / "console-desktop.png"))
+                wait.until(
+                    lambda d: (
+                        "error" in d.find_element(By.ID, "sources-table").text.lower()
+                        and d.find_elements(By.CSS_SELECTOR, "#cluster-table tbody tr")
+                    ),
+                    "the sources' states and the replica",
+                )
+                browser.execute_script(
+                    "document.activeElement.blur();"
+                    "document.getElementById('sources-section').scrollIntoView();"
+                )
+                browser.save_screenshot(str(out / "console-sources.png"))
                 set_viewport(browser, 390, 844)
                 browser.refresh()
                 wait.until(
@@ -116,7 +154,8 @@ def main() -> None:
         finally:
             stop.set()
             publisher.join(PUBLISH_SECONDS)
-    print(f"wrote {out / 'console-desktop.png'} and {out / 'console-narrow.png'}")
+    names = ("console-desktop.png", "console-sources.png", "console-narrow.png")
+    print("wrote " + ", ".join(str(out / name) for name in names))
 
 
 if __name__ == "__main__":
