@@ -14,7 +14,10 @@ applies each winning document live (`on_apply`); the local rules and sources fil
 for starting while HStreamDB is down.
 
 HStreamDB has no conditional append, so a replica reads the stream from its start once when it
-starts (documents are small and written rarely), then follows its tail.
+starts (documents are small and written rarely), then follows its tail. What it reads up to the
+tail at a (re)start decides the versions only: the newest winner is applied once, then. Applying
+each old version in turn ran the configurations of the past for a moment: a deleted source
+started again, and its database slot came back on a replica that would never drop it.
 """
 
 import asyncio
@@ -93,6 +96,7 @@ class ConfigLog:
         self._poll_interval = poll_interval
         self.version = 0
         self.document: Document | None = None
+        self._applied: Document | None = None  # the last document given to on_apply
         self._last_id: RecordId | None = None
         self._waiting: dict[str, asyncio.Future[bool]] = {}
         self._caught_up = asyncio.Event()
@@ -195,7 +199,9 @@ class ConfigLog:
         while True:
             try:
                 shard = await self._shard()
-                await self._read(shard, follow=False)  # to the tail as it is now
+                await self._read(shard, follow=False)  # to the tail as it is now: versions only
+                if self.document is not None and self.document is not self._applied:
+                    await self._apply(self.document)
                 self._caught_up.set()
                 self.error = None
                 backoff.reset()
@@ -225,9 +231,16 @@ class ConfigLog:
                 if self._last_id is not None and _key(record.id) <= _key(self._last_id):
                     continue  # the offset's own record, read again
                 self._last_id = record.id
-                await self._take(record.payload)
+                await self._take(record.payload, apply=follow)
 
-    async def _take(self, payload: bytes | dict[str, Any]) -> None:
+    async def _apply(self, document: Document) -> None:
+        self._applied = document
+        try:
+            await self._on_apply(document)
+        except Exception:  # the document stands; the replica reports it and goes on
+            logger.exception("configuration version %d could not be applied here", document.version)
+
+    async def _take(self, payload: bytes | dict[str, Any], *, apply: bool = True) -> None:
         try:
             data = orjson.loads(payload) if isinstance(payload, bytes) else payload
             prev = int(data["prev_version"])
@@ -244,10 +257,8 @@ class ConfigLog:
             return
         won = prev == self.version and version == prev + 1
         if won:
-            try:
-                await self._on_apply(document)
-            except Exception:  # the document stands; the replica reports it and goes on
-                logger.exception("configuration version %d could not be applied here", version)
+            if apply or nonce in self._waiting:  # a proposer answers once it is applied here
+                await self._apply(document)
             self.version = version
             self.document = document
         waiting = self._waiting.get(nonce)

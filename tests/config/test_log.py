@@ -77,7 +77,9 @@ async def test_if_match_must_name_the_current_version() -> None:
         assert await a.log.propose([rule(2)], [], if_match=1) == 2
 
 
-async def test_a_restarted_replica_reads_the_last_version_and_skips_losers_and_garbage() -> None:
+async def test_a_restarted_replica_applies_only_the_last_version_skipping_losers_and_garbage() -> (
+    None
+):
     async with inprocess_store() as store, HStreamClient(store.url) as client:
         first = Replica(client, "a")
         first.log.start()
@@ -93,7 +95,9 @@ async def test_a_restarted_replica_reads_the_last_version_and_skips_losers_and_g
         try:
             assert await again.log.wait_caught_up(10)
             assert again.log.version == 2
+            # The newest version only, once: running the old ones in turn restarted what was
+            # deleted since (a source, and its database slot).
+            assert [d.version for d in again.applied] == [2]
             assert [r["id"] for r in again.applied[-1].rules] == ["r1", "r2"]
-            assert all(r["id"] != "r9" for d in again.applied for r in d.rules)
         finally:
             await again.log.aclose()
