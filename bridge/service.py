@@ -132,6 +132,7 @@ class Bridge:
         )
         self._sealer: Sealer | None = None
         self._clear_password_warned: set[object] = set()
+        self._previous_key_warned: set[object] = set()
         self.cdc: CdcSources | None = None
         self.room = asyncio.Event()  # set while intake may go on (the budget has room)
         self.room.set()
@@ -357,6 +358,9 @@ class Bridge:
                 advertise=settings.cluster_advertise,
                 peers=peers,
                 secret=settings.cluster_secret.encode(),
+                previous_secrets=[
+                    p.encode() for p in (settings.cluster_secret_previous,) if p is not None
+                ],
             ),
             self._member_metadata(),
         )
@@ -841,7 +845,7 @@ class Bridge:
         """Seals source passwords (bridge/config/secrets.py), keyed by --cluster-secret."""
         secret = self.settings.cluster_secret
         if self._sealer is None and secret:
-            self._sealer = Sealer.from_secret(secret)
+            self._sealer = Sealer.from_secret(secret, self.settings.cluster_secret_previous)
         return self._sealer
 
     def _seal_source(self, source: Mapping[str, Any]) -> dict[str, Any]:
@@ -874,9 +878,20 @@ class Bridge:
             )
         else:
             try:
-                return sealer.open(source)
+                opened, with_previous = sealer.open_checked(source)
             except SealError as exc:
                 problem = str(exc)
+            else:
+                source_id = source.get("id")
+                if with_previous and source_id not in self._previous_key_warned:
+                    self._previous_key_warned.add(source_id)
+                    logger.warning(
+                        "source %s: its password is sealed under --cluster-secret-previous: "
+                        "once every replica has the new --cluster-secret, make any "
+                        "configuration change to seal it again under it",
+                        source_id,
+                    )
+                return opened
         logger.error("%s", problem)
         return {key: value for key, value in source.items() if key != SEALED}
 
@@ -899,7 +914,9 @@ class Bridge:
                 self._keep_apply_error(document.version, exc)
             except Exception as exc:
                 self._not_applied(document.version, exc)
-        if self.cdc is not None and sources != self.cdc.sources:
+        if self.cdc is not None:
+            # Also when the sources are the same: the cache file takes the version's seals (a
+            # change after a new --cluster-secret seals every password again).
             kept = {s.id for s in sources}
             # The replica that deleted a source drops its slot; the others only stop it.
             gone = [s for s in self.cdc.sources if s.id not in kept]

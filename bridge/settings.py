@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         "seals source passwords in the configuration stream; required with --cluster-listen or "
         "--cluster-peers",
     )
+    cluster_secret_previous: str | None = Field(
+        None,
+        description="The cluster secret before --cluster-secret, while it changes: packets "
+        "signed and passwords sealed with it are still taken; nothing new is (README: "
+        "changing the cluster secret)",
+    )
     rules: list[dict[str, Any]] = Field(
         default_factory=list, description="Rules from the config file (TOML [[rules]] tables)"
     )
@@ -241,6 +247,11 @@ class Settings(BaseSettings):
                 "cluster_secret must have at least 16 characters: it signs the cluster's packets "
                 "and keys the sealing of source passwords"
             )
+        if self.cluster_secret_previous is not None:
+            if self.cluster_secret is None:
+                raise ValueError("cluster_secret_previous needs cluster_secret (the new one)")
+            if len(self.cluster_secret_previous) < 16:
+                raise ValueError("cluster_secret_previous must have at least 16 characters")
         if self.buffer_bytes < self.batch_max_bytes:
             raise ValueError("buffer_bytes must hold at least one batch (batch_max_bytes)")
         if self.batch_max_bytes > self.max_record_bytes:

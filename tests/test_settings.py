@@ -148,3 +148,19 @@ def test_secrets_are_not_quoted_in_errors() -> None:
     assert "--mqtt-password" in text
     assert "123456789" not in text
     assert "987654321" not in text
+
+
+def test_a_previous_cluster_secret_needs_the_new_one_and_sixteen_characters() -> None:
+    with pytest.raises(ValidationError, match="cluster_secret_previous needs cluster_secret"):
+        Settings.model_validate({"cluster_secret_previous": "the old cluster secret"})
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings.model_validate(
+            {"cluster_secret": "the new cluster secret", "cluster_secret_previous": "short"}
+        )
+    settings = Settings.model_validate(
+        {
+            "cluster_secret": "the new cluster secret",
+            "cluster_secret_previous": "the old cluster secret",
+        }
+    )
+    assert settings.cluster_secret_previous == "the old cluster secret"

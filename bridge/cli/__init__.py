@@ -112,7 +112,9 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(flags, args.config)
 
 
-_SECRET_SETTINGS = frozenset({"mqtt_password", "api_token", "cluster_secret"})
+_SECRET_SETTINGS = frozenset(
+    {"mqtt_password", "api_token", "cluster_secret", "cluster_secret_previous"}
+)
 """Settings whose values are never quoted in an error."""
 
 

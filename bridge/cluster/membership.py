@@ -106,13 +106,15 @@ class MembershipConfig:
 
     `listen` is "host:port" with an IP literal (port 0 binds any free port); `advertise` is the
     address others reach us at, by default the bound one (required when listening on a wildcard).
-    `secret` keys the packet MAC: members with different secrets do not see each other."""
+    `secret` keys the packet MAC: members with different secrets do not see each other.
+    `previous_secrets` are also taken from others (while the secret changes), never sent."""
 
     local_id: str
     listen: str
     peers: Sequence[str]
     secret: bytes = field(repr=False)
     advertise: str | None = None
+    previous_secrets: Sequence[bytes] = field(default=(), repr=False)
     ping_interval: float = 0.5
     ping_timeout: float = 0.2
     suspect_timeout: float = 1.5
@@ -131,7 +133,7 @@ class MembershipConfig:
     warn_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        if len(self.secret) < 16:
+        if len(self.secret) < 16 or any(len(p) < 16 for p in self.previous_secrets):
             raise ValueError("secret must be at least 16 bytes (it keys the packet MAC)")
         if not self.local_id or len(self.local_id) > _MAX_ID:
             raise ValueError(f"local_id must be 1 to {_MAX_ID} characters")
@@ -269,11 +271,12 @@ def _parse_update(raw: object) -> _Update:
     return _Update("suspect" if status == "suspect" else "dead", member_id, inc, by=by)
 
 
-def _parse_packet(key: bytes, data: bytes) -> _Packet:
-    """Verify and parse one datagram (the caller checked its size). Raises _BadMac or _Malformed."""
+def _parse_packet(keys: Sequence[bytes], data: bytes) -> _Packet:
+    """Verify (under any of `keys`) and parse one datagram (the caller checked its size).
+    Raises _BadMac or _Malformed."""
     mac, body = data[:_MAC_SIZE], data[_MAC_SIZE:]
-    if len(mac) < _MAC_SIZE or not hmac.compare_digest(
-        mac, hmac.new(key, body, hashlib.sha256).digest()
+    if len(mac) < _MAC_SIZE or not any(
+        hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()) for key in keys
     ):
         raise _BadMac
     try:
@@ -404,6 +407,7 @@ class Membership:
     def __init__(self, config: MembershipConfig, metadata: Mapping[str, Any] | None = None) -> None:
         self._config = config
         self._key = _derive_key(config.secret)
+        self._keys = [self._key, *(_derive_key(p) for p in config.previous_secrets)]
         self._meta = MappingProxyType(_check_metadata(metadata or {}, config.max_metadata))
         self.on_change: Callable[[Member], None] | None = None
         self.stats: dict[str, int] = dict.fromkeys(_STAT_NAMES, 0)
@@ -658,7 +662,7 @@ class Membership:
                 self._drop("packets_dropped_oversized", source_text, f"{len(data)} bytes")
                 return
             try:
-                packet = _parse_packet(self._key, data)
+                packet = _parse_packet(self._keys, data)
             except _BadMac:
                 self._drop("packets_dropped_bad_mac", source_text, "MAC does not verify")
                 return

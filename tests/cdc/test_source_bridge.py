@@ -8,11 +8,14 @@ back over real gRPC.
 import json
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from bridge.cdc.config import Source
+from bridge.config.secrets import Sealer
+from bridge.settings import Settings
 from tests.cdc.databases import Database
 from tests.cdc.helpers import source_body, stream_of, wait_changes, wait_state
 from tests.support.bridge import bridge_settings, read_stream, running_bridge, wait_until
@@ -117,6 +120,53 @@ async def test_snapshot_then_changes_arrive_in_the_debezium_shape_and_resume_wit
         ]
     assert "secret" not in caplog.text  # the database password (tests/support: "secret")
     assert "source" in caplog.text
+
+
+async def test_the_cluster_secret_changes_with_its_previous_one_and_the_source_runs_on(
+    tmp_path: Path,
+    database: Database,
+    shared_mosquitto: Mosquitto,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's steps: restart with the new secret and the old one as previous (the
+    password sealed under the old one opens, and the log asks for a change), make a change
+    (everything is sealed again under the new one), restart with the new one alone."""
+    db, dsn, table = _orders(database)
+    old, new = "the old cluster secret", "the new cluster secret"
+    stream = stream_of(db, "orders")
+
+    def settings(**secrets: str) -> Settings:
+        return bridge_settings(tmp_path, shared_mosquitto.url, client_id=f"cdc-{db}", **secrets)
+
+    async with running_bridge(settings(cluster_secret=old)) as bridge:
+        assert bridge.api_url is not None
+        async with httpx.AsyncClient(base_url=bridge.api_url) as http:
+            body = source_body(db, database.kind, dsn, [table])
+            assert (await http.post("/sources", json=body)).status_code == 201
+        await wait_state(bridge.api_url, db, "streaming")
+        await wait_changes(bridge.store.url, stream, 2)
+    async with running_bridge(settings(cluster_secret=new, cluster_secret_previous=old)) as bridge:
+        assert bridge.api_url is not None
+        await wait_state(bridge.api_url, db, "streaming")  # it logged in: the password opened
+        assert "sealed under --cluster-secret-previous" in caplog.text
+        async with httpx.AsyncClient(base_url=bridge.api_url) as http:
+            current = (await http.get(f"/sources/{db}")).json()
+            unchanged = {k: current[k] for k in ("id", "kind", "tables")} | {"dsn": dsn}
+            assert (await http.put(f"/sources/{db}", json=unchanged)).status_code == 200
+        records = await read_stream(bridge.store.url, bridge.settings.config_stream)
+        latest = records[-1].payload
+        document = latest if isinstance(latest, dict) else json.loads(latest)
+        sealed = document["sources"][0]
+        opened = Sealer.from_secret(new).open(sealed)  # under the new secret alone
+        assert urlsplit(opened["dsn"]).password == urlsplit(dsn).password
+    caplog.clear()
+    async with running_bridge(settings(cluster_secret=new)) as bridge:
+        assert bridge.api_url is not None
+        await wait_state(bridge.api_url, db, "streaming")
+        database.execute("INSERT INTO orders VALUES (3,'plum',3,0.99)")
+        await wait_changes(bridge.store.url, stream, 3)
+    assert "could not be opened" not in caplog.text
+    assert "sealed under another" not in caplog.text
 
 
 async def test_a_row_too_large_is_dead_lettered_and_the_source_goes_on(

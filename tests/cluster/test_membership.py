@@ -21,9 +21,8 @@ SECRET = b"0123456789abcdef-cluster-secret"
 
 
 def config(local_id: str, peers: Sequence[str] = (), **overrides: Any) -> MembershipConfig:
-    return MembershipConfig(
-        local_id=local_id, listen="127.0.0.1:0", peers=list(peers), secret=SECRET, **overrides
-    )
+    values: dict[str, Any] = {"secret": SECRET, **overrides}
+    return MembershipConfig(local_id=local_id, listen="127.0.0.1:0", peers=list(peers), **values)
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
@@ -205,6 +204,36 @@ async def test_garbage_packets_are_dropped_counted_and_member_keeps_answering() 
         await wait_until(lambda: target.stats["probes"] >= probes + 3, 3.0, "3 more probes")
         # The signed ping introduced a member "prober" (it holds the secret) that never answers.
         assert all({"m0", "m1"} <= {seen.id for seen in m.alive()} for m in members)
+
+
+NEW_SECRET = b"fedcba9876543210-the-new-secret"
+
+
+async def test_while_the_secret_changes_packets_signed_with_the_previous_one_are_taken() -> None:
+    """A member given `previous_secrets` answers a ping signed with the old secret, and signs
+    its ack with the new one; a member without it drops the same ping."""
+    async with (
+        Membership(config("rotated", secret=NEW_SECRET, previous_secrets=[SECRET])) as rotated,
+        Membership(config("strict", secret=NEW_SECRET)) as strict,
+    ):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.bind(("127.0.0.1", 0))
+            raw.settimeout(2.0)
+            for member in (rotated, strict):
+                host, port = member.address.rsplit(":", 1)
+                raw.sendto(packet(ping_body(seq=77), secret=SECRET), (host, int(port)))
+            reply = await asyncio.get_running_loop().run_in_executor(None, raw.recv, 9000)
+            await wait_until(
+                lambda: strict.stats["packets_dropped_bad_mac"] >= 1, 2.0, "the strict drop"
+            )
+        assert reply == _seal(_derive_key(NEW_SECRET), reply[32:])  # signed with the new one
+        assert orjson.loads(reply[32:])["from"]["id"] == "rotated"
+        assert rotated.stats["packets_dropped_bad_mac"] == 0
+
+
+def test_a_short_previous_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        config("a", previous_secrets=[b"short"])
 
 
 def test_short_secret_is_refused() -> None:

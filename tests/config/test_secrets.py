@@ -39,3 +39,19 @@ def test_a_dsn_without_a_password_is_left_alone() -> None:
     plain = {**SOURCE, "dsn": "postgresql://cdc@[::1]:5432/shop", "password_env": "PGPASS"}
     assert sealer.seal(plain) == plain
     assert sealer.open(plain) == plain
+
+
+def test_while_the_secret_changes_the_previous_one_still_opens_and_says_so() -> None:
+    old = Sealer.from_secret("the old cluster secret")
+    sealed_before = old.seal(SOURCE)
+    rotated = Sealer.from_secret("the new cluster secret", previous="the old cluster secret")
+    opened, with_previous = rotated.open_checked(sealed_before)
+    assert with_previous  # it needs sealing again
+    assert parse_source(opened) == parse_source(SOURCE)
+    sealed_now = rotated.seal(SOURCE)  # under the new secret only
+    assert rotated.open_checked(sealed_now) == (opened, False)
+    assert Sealer.from_secret("the new cluster secret").open(sealed_now) == opened
+    with pytest.raises(SealError, match="--cluster-secret-previous"):
+        old.open(sealed_now)
+    with pytest.raises(SealError):
+        Sealer.from_secret("the new cluster secret").open(sealed_before)
