@@ -16,8 +16,8 @@ for starting while HStreamDB is down.
 HStreamDB has no conditional append, so a replica reads the stream from its start once when it
 starts (documents are small and written rarely), then follows its tail. What it reads up to the
 tail at a (re)start decides the versions only: the newest winner is applied once, then. Applying
-each old version in turn ran the configurations of the past for a moment: a deleted source
-started again, and its database slot came back on a replica that would never drop it.
+each old version in turn ran the configurations of the past for a moment: a deleted source's
+runner started again, and could create its database slot again on a replica that never drops it.
 """
 
 import asyncio
